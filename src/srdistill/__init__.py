@@ -1,0 +1,7 @@
+"""srdistill: compress pretrained super-resolution models by knowledge distillation."""
+
+__version__ = "0.1.0"
+
+from .errors import SrDistillError
+
+__all__ = ["SrDistillError", "__version__"]

@@ -1,0 +1,80 @@
+"""The ``srdistill`` command line: thin wrappers that parse, call the library, render.
+
+Each command lives in its own module in this package and registers itself on
+``app``. Library code never prints; commands render result objects as rich
+tables (stdout) or one JSON document (``--json``), and progress on stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from ..console import debug_enabled, stderr_console
+
+
+class _Group(TyperGroup):
+    """Usage errors as one line (``error: ...``, exit 2), never a traceback or a box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args=args, prog_name=prog_name or "srdistill", complete_var=complete_var,
+                              standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:  # bare `srdistill`: help on stdout, exit 0
+            click.echo(e.ctx.get_help())
+            rv = 0
+        except click.UsageError as e:
+            hint = f" (see 'srdistill {e.ctx.info_name} --help')" if e.ctx and e.ctx.parent else " (see 'srdistill --help')"
+            stderr_console().print(f"error: {e.format_message()}{hint}", style="red", markup=False, soft_wrap=True)
+            rv = 2
+        except click.exceptions.Abort:
+            stderr_console().print("error: aborted", style="red")
+            rv = 130
+        except click.ClickException as e:
+            stderr_console().print(f"error: {e.format_message()}", style="red", markup=False, soft_wrap=True)
+            rv = e.exit_code
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="srdistill",
+    help="Compress pretrained super-resolution models by knowledge distillation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=debug_enabled(),
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool):
+    if value:
+        from .. import __version__
+
+        typer.echo(f"srdistill {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """srdistill: distill big SR teachers into small, fast, verified students."""
+
+
+# One module per command; each defines its command with ``@app.command``.
+_COMMANDS = ["info"]
+for _name in _COMMANDS:
+    importlib.import_module(f"{__name__}.{_name}")
+
+
+def main() -> None:
+    app()

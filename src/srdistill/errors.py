@@ -1,0 +1,67 @@
+"""srdistill's own error types.
+
+Library code raises these with a one-line message that says what is wrong and
+what to do; the CLI maps them to exit codes and prints ``error: <message>``.
+"""
+
+from __future__ import annotations
+
+
+class SrDistillError(Exception):
+    """Base class of every error srdistill reports to a user (exit code 1)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        message = " ".join(str(message).split())  # always one line
+        if hint:
+            message = f"{message} ({' '.join(hint.split())})"
+        super().__init__(message)
+
+
+class UsageError(SrDistillError):
+    """A wrong option value or combination (exit code 2)."""
+
+    exit_code = 2
+
+
+class ModelLoadError(SrDistillError):
+    """A model file could not be loaded: unknown, corrupt, truncated, not a model."""
+
+
+class UnsafeModelError(ModelLoadError):
+    """A checkpoint tried to run code or reference something unsafe while unpickling."""
+
+
+class UnsupportedModelError(ModelLoadError):
+    """A model was recognised but cannot be used for the requested job."""
+
+
+class ImageError(SrDistillError):
+    """An image could not be read, decoded or written."""
+
+
+class OutputExistsError(SrDistillError):
+    """Writing would overwrite a file the user owns."""
+
+
+class TrainingError(SrDistillError):
+    """Distillation failed (non-finite loss, out of memory, ...)."""
+
+
+class ExportError(SrDistillError):
+    """ONNX export or its verification failed."""
+
+
+class QualityGateError(SrDistillError):
+    """A quality gate (``--fail-under-psnr``) was not met (exit code 3)."""
+
+    exit_code = 3
+
+
+class Interrupted(SrDistillError):
+    """A run was stopped by a signal after saving its state (exit code 130/143)."""
+
+    def __init__(self, message: str, *, signum: int = 2):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)

@@ -10,9 +10,15 @@ from __future__ import annotations
 import importlib
 import sys
 
-import click
 import typer
 from typer.core import TyperGroup
+
+try:  # typer >= 0.2x vendors its own copy of click
+    from typer._click import exceptions as _cx
+    from typer._click import echo as _echo
+except ImportError:  # older typer runs on click itself
+    from click import exceptions as _cx
+    from click import echo as _echo
 
 from ..console import debug_enabled, stderr_console
 
@@ -24,17 +30,17 @@ class _Group(TyperGroup):
         try:
             rv = super().main(args=args, prog_name=prog_name or "srdistill", complete_var=complete_var,
                               standalone_mode=False, **extra)
-        except click.exceptions.NoArgsIsHelpError as e:  # bare `srdistill`: help on stdout, exit 0
-            click.echo(e.ctx.get_help())
+        except _cx.NoArgsIsHelpError as e:  # bare `srdistill`: help on stdout, exit 0
+            _echo(e.ctx.get_help())
             rv = 0
-        except click.UsageError as e:
+        except _cx.UsageError as e:
             hint = f" (see 'srdistill {e.ctx.info_name} --help')" if e.ctx and e.ctx.parent else " (see 'srdistill --help')"
             stderr_console().print(f"error: {e.format_message()}{hint}", style="red", markup=False, soft_wrap=True)
             rv = 2
-        except click.exceptions.Abort:
+        except typer.Abort:
             stderr_console().print("error: aborted", style="red")
             rv = 130
-        except click.ClickException as e:
+        except _cx.ClickException as e:
             stderr_console().print(f"error: {e.format_message()}", style="red", markup=False, soft_wrap=True)
             rv = e.exit_code
         if not standalone_mode:

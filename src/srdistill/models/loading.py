@@ -1,0 +1,358 @@
+"""Load any supported SR checkpoint safely into an :class:`SRModel`.
+
+One path for every file: read the tensors without executing anything
+(safetensors, or pickle through ``torch.load(weights_only=True)``), unwrap the
+usual wrappers, detect the architecture with spandrel's registry (plus our own
+EDSR), check the weights, and describe the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ModelLoadError, UnsafeModelError, UnsupportedModelError
+from ._compat import import_spandrel
+
+spandrel = import_spandrel()
+from spandrel import ArchSupport, ModelLoader  # noqa: E402
+from spandrel.__helpers.canonicalize import canonicalize_state_dict  # noqa: E402
+
+from .archs.edsr import EDSRArch  # noqa: E402
+
+CHECKPOINT_EXTENSIONS = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+MAX_UNPACKED_BYTES = 16 * 1024**3  # a zip-packed .pth may not unpack to more than this
+MAX_UNPACK_RATIO = 20  # ... nor to more than this many times its size (tensors do not compress)
+
+_REGISTRY = spandrel.MAIN_REGISTRY.copy()
+_REGISTRY.add(ArchSupport.from_architecture(EDSRArch(), before=tuple(a.architecture.id for a in _REGISTRY)))
+_LOADER = ModelLoader(registry=_REGISTRY)
+
+
+def supported_architectures() -> list[str]:
+    """Every architecture id the loader detects (spandrel's and ours)."""
+    return sorted({a.architecture.id for a in _REGISTRY}, key=str.lower)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class SRModel:
+    """A loaded model and what is known about it.
+
+    ``module`` computes NCHW float RGB in [0, 1] -> NCHW at ``scale`` times the size.
+    Call the object itself for inference (no grad, eval mode); call ``module``
+    directly for training.
+    """
+
+    module: nn.Module
+    architecture: str
+    scale: int
+    input_channels: int = 3
+    output_channels: int = 3
+    min_size: int = 0
+    multiple_of: int = 1
+    square: bool = False
+    supports_half: bool = False
+    supports_bfloat16: bool = False
+    tiling: str = "supported"
+    purpose: str = "SR"
+    hyperparameters: dict = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+    path: Path | None = None
+    sha256: str | None = None
+    _params_cache: tuple | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def params(self) -> int:
+        """Parameters used at inference: training-only branches of re-parameterisable
+        blocks (SPAN's Conv3XC, for instance) do not count."""
+        key = (id(self.module), sum(1 for _ in self.module.parameters()))
+        if self._params_cache is None or self._params_cache[0] != key:
+            self._params_cache = (key, inference_params(self))
+        return self._params_cache[1]
+
+    @property
+    def params_total(self) -> int:
+        """Every parameter in the checkpoint, training-only branches included."""
+        return sum(p.numel() for p in self.module.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.module.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    @property
+    def srdistill(self) -> dict[str, Any]:
+        """The ``srdistill.*`` metadata entries, JSON-decoded (empty for foreign files)."""
+        out: dict[str, Any] = {}
+        for k, v in self.metadata.items():
+            if k.startswith("srdistill."):
+                try:
+                    out[k[len("srdistill."):]] = json.loads(v)
+                except (TypeError, ValueError):
+                    out[k[len("srdistill."):]] = v
+        return out
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path else self.architecture
+
+    def to(self, device: str | torch.device) -> "SRModel":
+        self.module.to(device)
+        return self
+
+    def eval(self) -> "SRModel":
+        self.module.eval()
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with torch.no_grad():
+                return self.module(x)
+        finally:
+            self.module.train(was_training)
+
+
+def inference_params(model: SRModel) -> int:
+    """Count the parameters an eval-mode forward actually uses (one tiny forward/backward)."""
+    module = model.module
+    params = [p for p in module.parameters()]
+    if not params:
+        return 0
+    size = max(16, model.min_size, model.multiple_of)
+    x = torch.rand(1, model.input_channels, size, size, device=params[0].device, dtype=params[0].dtype)
+    was_training = module.training
+    flags = [p.requires_grad for p in params]
+    try:
+        module.eval()
+        for p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            y = module(x)
+            grads = torch.autograd.grad(y.float().sum(), params, allow_unused=True)
+        # re-parameterised convs replace .data of their deploy weights in eval mode: list again
+        used = {id(p) for p, g in zip(params, grads) if g is not None}
+        return sum(p.numel() for p in module.parameters() if id(p) in used)
+    except Exception:  # noqa: BLE001 - fall back to the plain count for exotic models
+        return sum(p.numel() for p in params)
+    finally:
+        module.train(was_training)
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
+# --------------------------------------------------------------------------- reading files
+
+
+def _check_file(p: Path) -> None:
+    if not p.exists():
+        raise ModelLoadError(f"model file {str(p)!r} does not exist")
+    if p.is_dir():
+        raise ModelLoadError(f"{str(p)!r} is a folder, not a model file")
+    if p.stat().st_size == 0:
+        raise ModelLoadError(f"model file {str(p)!r} is empty (0 bytes)")
+
+
+def _read_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ModelLoadError(f"{p.name} is truncated: too short to be a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_SAFETENSORS_HEADER or n > size - 8:
+            raise ModelLoadError(f"{p.name} is not a valid safetensors file: its header claims {n} bytes "
+                                 f"but the file has {size}")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, ValueError):
+            raise ModelLoadError(f"{p.name} is not a valid safetensors file: its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise ModelLoadError(f"{p.name} is not a valid safetensors file: its header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ModelLoadError(f"{p.name} has malformed safetensors metadata (values must be strings)")
+    data_len = size - 8 - n
+    spans = []
+    for name, info in header.items():
+        try:
+            start, end = (int(x) for x in info["data_offsets"])
+            shape = [int(s) for s in info["shape"]]
+            dtype = str(info["dtype"])
+        except (KeyError, TypeError, ValueError):
+            raise ModelLoadError(f"{p.name} is not a valid safetensors file: bad entry for tensor {name!r}") from None
+        if not 0 <= start <= end <= data_len:
+            raise ModelLoadError(f"{p.name} is truncated or corrupt: tensor {name!r} lies outside the file "
+                                 f"(bytes {start}-{end} of {data_len})")
+        spans.append((start, end, name))
+        if any(s < 0 for s in shape):
+            raise ModelLoadError(f"{p.name} is corrupt: tensor {name!r} has a negative dimension")
+        del dtype
+    spans.sort()
+    for (s0, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
+        if s1 < e0:
+            raise ModelLoadError(f"{p.name} is corrupt: tensors {n0!r} and {n1!r} overlap")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(p), device="cpu")
+    except (SafetensorError, ValueError, RuntimeError, OSError) as e:
+        raise ModelLoadError(f"{p.name} is not a valid safetensors file: {str(e).splitlines()[0]}") from None
+    return tensors, metadata
+
+
+def _read_pickle(p: Path) -> Any:
+    if zipfile.is_zipfile(p):
+        try:
+            with zipfile.ZipFile(p) as z:
+                unpacked = sum(i.file_size for i in z.infolist())
+        except (zipfile.BadZipFile, OSError, ValueError):
+            raise ModelLoadError(f"{p.name} is a corrupt or truncated PyTorch checkpoint") from None
+        if unpacked > MAX_UNPACKED_BYTES or unpacked > MAX_UNPACK_RATIO * max(p.stat().st_size, 1 << 20):
+            raise ModelLoadError(f"{p.name} unpacks to {unpacked / 2**30:.1f} GiB from a "
+                                 f"{p.stat().st_size / 2**20:.1f} MiB file; refusing a likely zip bomb")
+    try:
+        return torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        culprit = ""
+        for line in msg.splitlines():
+            if "GLOBAL" in line or "Unsupported" in line or "global" in line:
+                culprit = line.strip()
+                break
+        raise UnsafeModelError(
+            f"refused to load {p.name}: it is not a plain tensor checkpoint and unpickling it could run code"
+            + (f" ({culprit[:160]})" if culprit else ""),
+            hint="nothing from it was executed; convert it to .safetensors with a tool you trust",
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, TypeError,
+            IndexError, KeyError, struct.error, UnicodeDecodeError, MemoryError, OverflowError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise ModelLoadError(f"{p.name} is not a readable PyTorch checkpoint (truncated or corrupt?): {first}") from None
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a checkpoint's tensors and metadata without running any code in it."""
+    p = Path(path)
+    _check_file(p)
+    ext = p.suffix.lower()
+    if ext == ".safetensors":
+        tensors, metadata = _read_safetensors(p)
+    elif ext in (".pth", ".pt", ".ckpt", ".bin"):
+        obj = _read_pickle(p)
+        if not isinstance(obj, dict):
+            raise ModelLoadError(f"{p.name} does not hold a state dict (found {type(obj).__name__})")
+        metadata = {}
+        tensors = canonicalize_state_dict(obj)
+    elif ext == ".onnx":
+        raise UnsupportedModelError(f"{p.name} is an ONNX file; this command needs a PyTorch/safetensors checkpoint")
+    else:
+        raise ModelLoadError(f"{p.name}: unsupported model file type {ext or '(none)'!r}",
+                             hint=f"use one of {', '.join(CHECKPOINT_EXTENSIONS)} or .onnx")
+    if not isinstance(tensors, dict) or not tensors:
+        raise ModelLoadError(f"{p.name} holds no tensors: it is not a model checkpoint")
+    bad = [k for k, v in tensors.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ModelLoadError(f"{p.name} is not a model state dict: entry {bad[0]!r} is a "
+                             f"{type(tensors[bad[0]]).__name__}, not a tensor")
+    return dict(tensors), metadata
+
+
+# --------------------------------------------------------------------------- building models
+
+
+def _describe(desc: Any, *, metadata: dict | None = None, path: Path | None = None,
+              sha256: str | None = None) -> SRModel:
+    sr = desc.size_requirements
+    return SRModel(
+        module=desc.model,
+        architecture=str(desc.architecture.id),
+        scale=int(desc.scale),
+        input_channels=int(desc.input_channels),
+        output_channels=int(desc.output_channels),
+        min_size=int(sr.minimum),
+        multiple_of=int(sr.multiple_of),
+        square=bool(sr.square),
+        supports_half=bool(desc.supports_half),
+        supports_bfloat16=bool(desc.supports_bfloat16),
+        tiling=str(desc.tiling.name).lower(),
+        purpose=str(desc.purpose),
+        hyperparameters=dict(getattr(desc.model, "hyperparameters", {}) or {}),
+        metadata=dict(metadata or {}),
+        path=path,
+        sha256=sha256,
+    )
+
+
+def model_from_state_dict(state: dict[str, torch.Tensor], *, name: str = "state dict",
+                          metadata: dict | None = None, path: Path | None = None,
+                          sha256: str | None = None, require_sr: bool = True) -> SRModel:
+    """Detect the architecture of ``state`` and build the model (strict: every key must match)."""
+    state = dict(state)
+    try:
+        desc = _LOADER.load_from_state_dict(state)
+    except spandrel.UnsupportedModelError:
+        keys = list(state)[:3]
+        raise UnsupportedModelError(
+            f"unknown architecture in {name} ({len(state)} tensors, first keys: {', '.join(keys)})",
+            hint="supported families: " + ", ".join(supported_architectures()),
+        ) from None
+    except (KeyError, RuntimeError, ValueError, IndexError, TypeError, AssertionError, ZeroDivisionError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        if len(first) > 300:
+            first = first[:300] + "..."
+        raise ModelLoadError(f"{name} matches a known layout but its weights do not fit it "
+                             f"(missing, extra or misshapen keys): {first}") from None
+    if not hasattr(desc, "scale") or type(desc).__name__ != "ImageModelDescriptor":
+        raise UnsupportedModelError(f"{name} is a {desc.architecture.id} model ({type(desc).__name__}), "
+                                    f"not an image-to-image model srdistill can use")
+    model = _describe(desc, metadata=metadata, path=path, sha256=sha256)
+    _check_weights(model, state, name)
+    if require_sr and model.scale < 2:
+        raise UnsupportedModelError(
+            f"{name} is a {model.architecture} {model.purpose.lower()} model with scale {model.scale}: "
+            "srdistill needs a super-resolution model (scale 2, 3 or 4)")
+    model.module.eval()
+    for p in model.module.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def _check_weights(model: SRModel, raw: dict, name: str) -> None:
+    for pname, t in model.module.state_dict().items():
+        src = raw.get(pname)
+        if t.is_floating_point() and isinstance(src, torch.Tensor) and not src.is_floating_point():
+            raise ModelLoadError(f"{name}: tensor {pname!r} has dtype {src.dtype}, expected floating point weights")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ModelLoadError(f"{name} has NaN or infinite values in {pname!r}: the checkpoint is broken")
+
+
+def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu", require_sr: bool = True) -> SRModel:
+    """Load a checkpoint file (safetensors, pth, pt, ckpt) into an SRModel on ``device``."""
+    p = Path(path)
+    tensors, metadata = read_checkpoint(p)
+    model = model_from_state_dict(tensors, name=p.name, metadata=metadata, path=p, sha256=sha256_file(p),
+                                  require_sr=require_sr)
+    return model.to(device)

@@ -1,0 +1,199 @@
+"""Run and describe exported ONNX models with onnxruntime (the same interface as SRModel)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import ModelLoadError, UnsupportedModelError
+from .models.loading import sha256_file
+
+
+def _providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    avail = ort.get_available_providers()
+    if str(device).startswith("cuda") and "CUDAExecutionProvider" in avail:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def load_onnx_proto(path: str | os.PathLike):
+    import onnx
+
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"model file {str(p)!r} does not exist")
+    if p.is_dir():
+        raise ModelLoadError(f"{str(p)!r} is a folder, not a model file")
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends
+        raise ModelLoadError(f"{p.name} is not a valid ONNX file: {(str(e).splitlines() or [type(e).__name__])[0][:160]}") from None
+    if not proto.graph.input or not proto.graph.output:
+        raise ModelLoadError(f"{p.name} is not a usable ONNX model: it has no graph inputs/outputs")
+    return proto
+
+
+def _dims(value_info) -> list:
+    out = []
+    for d in value_info.type.tensor_type.shape.dim:
+        out.append(d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else "?"))
+    return out
+
+
+@dataclass
+class OnnxModel:
+    """An ONNX SR model run by onnxruntime; call it with an NCHW float tensor in [0, 1]."""
+
+    path: Path
+    session: Any
+    scale: int
+    architecture: str
+    metadata: dict = field(default_factory=dict)
+    sha256: str | None = None
+    input_name: str = "input"
+    output_name: str = "output"
+    fp16: bool = False
+    params: int | None = None
+    min_size: int = 0
+    multiple_of: int = 1
+    static_size: tuple[int, int] | None = None
+    input_channels: int = 3
+    supports_half: bool = False
+    tiling: str = "supported"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def hyperparameters(self) -> dict:
+        try:
+            return json.loads(self.metadata.get("srdistill.hyperparameters", "{}"))
+        except ValueError:
+            return {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        arr = x.detach().to("cpu", torch.float32).numpy()
+        if self.fp16:
+            arr = arr.astype(np.float16)
+        (y,) = self.session.run([self.output_name], {self.input_name: arr})
+        return torch.from_numpy(np.asarray(y, dtype=np.float32)).to(x.device)
+
+    def to(self, device) -> "OnnxModel":
+        return self
+
+    def eval(self) -> "OnnxModel":
+        return self
+
+
+def session_options(threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+    return so
+
+
+def load_onnx(path: str | os.PathLike, *, device: str = "cpu", threads: int | None = None) -> OnnxModel:
+    """Open an ONNX SR model; its scale comes from metadata or one tiny probe run."""
+    import onnxruntime as ort
+
+    p = Path(path)
+    proto = load_onnx_proto(p)
+    meta = {m.key: m.value for m in proto.metadata_props}
+    inp = proto.graph.input[0]
+    dims = _dims(inp)
+    if len(dims) != 4:
+        raise UnsupportedModelError(f"{p.name} takes a rank-{len(dims)} input; an SR model takes NCHW (rank 4)")
+    elem = inp.type.tensor_type.elem_type
+    fp16 = elem == 10  # TensorProto.FLOAT16
+    static = None
+    if isinstance(dims[2], int) and isinstance(dims[3], int) and dims[2] > 0 and dims[3] > 0:
+        static = (int(dims[2]), int(dims[3]))
+    try:
+        sess = ort.InferenceSession(str(p), sess_options=session_options(threads), providers=_providers(device))
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise ModelLoadError(f"onnxruntime cannot open {p.name}: {(str(e).splitlines() or ['?'])[0][:200]}") from None
+    channels = dims[1] if isinstance(dims[1], int) and dims[1] > 0 else 3
+    scale = int(json.loads(meta["srdistill.scale"])) if "srdistill.scale" in meta else 0
+    model = OnnxModel(path=p, session=sess, scale=scale, architecture=meta.get("srdistill.architecture", "onnx").strip('"'),
+                      metadata=meta, sha256=sha256_file(p), input_name=sess.get_inputs()[0].name,
+                      output_name=sess.get_outputs()[0].name, fp16=fp16, static_size=static, input_channels=channels)
+    for key, attr in (("srdistill.params", "params"), ("srdistill.min_size", "min_size"),
+                      ("srdistill.multiple_of", "multiple_of")):
+        if key in meta:
+            try:
+                setattr(model, attr, int(json.loads(meta[key])))
+            except (ValueError, TypeError):
+                pass
+    if model.scale < 1:
+        h, w = static or (16, 16)
+        try:
+            y = model(torch.rand(1, channels, h, w))
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(f"{p.name} failed a probe run in onnxruntime: {(str(e).splitlines() or ['?'])[0][:200]}") from None
+        if y.ndim != 4 or y.shape[-1] % w:
+            raise UnsupportedModelError(f"{p.name} does not map an image to an upscaled image (output {tuple(y.shape)})")
+        model.scale = y.shape[-1] // w
+    return model
+
+
+def onnx_info(path: str | os.PathLike) -> dict:
+    proto = load_onnx_proto(path)
+    meta = {m.key: m.value for m in proto.metadata_props}
+
+    def io(vi):
+        return {"name": vi.name, "shape": _dims(vi), "dtype": _elem_name(vi.type.tensor_type.elem_type)}
+
+    inputs = [io(v) for v in proto.graph.input]
+    outputs = [io(v) for v in proto.graph.output]
+    dynamic = {v["name"]: [i for i, d in enumerate(v["shape"]) if isinstance(d, str)] for v in inputs + outputs}
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None)
+    scale = None
+    if "srdistill.scale" in meta:
+        scale = json.loads(meta["srdistill.scale"])
+    else:
+        scale = load_onnx(path).scale
+    return {
+        "path": str(path),
+        "format": "onnx",
+        "architecture": meta.get("srdistill.architecture", "").strip('"') or None,
+        "scale": scale,
+        "opset": opset,
+        "inputs": inputs,
+        "outputs": outputs,
+        "dynamic_axes": dynamic,
+        "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+        "metadata": meta,
+        "sha256": sha256_file(path),
+    }
+
+
+def _elem_name(t: int) -> str:
+    import onnx
+
+    try:
+        return onnx.TensorProto.DataType.Name(t).lower()
+    except ValueError:
+        return str(t)
+
+
+def load_any(path: str | os.PathLike, *, device: str = "cpu", threads: int | None = None):
+    """An SRModel for checkpoints, an OnnxModel for ``.onnx`` files."""
+    if str(path).lower().endswith(".onnx"):
+        return load_onnx(path, device=device, threads=threads)
+    from .models.loading import load_model
+
+    return load_model(path, device=device)

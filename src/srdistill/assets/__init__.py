@@ -1,0 +1,12 @@
+"""Files shipped inside the package: sample images and the default model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent
+TRAIN_IMAGES = ASSETS / "images" / "train"
+VAL_IMAGES = ASSETS / "images" / "val"
+SAMPLE_IMAGE = ASSETS / "images" / "sample.png"
+DEFAULT_MODEL = ASSETS / "models" / "default_x4.safetensors"
+DEFAULT_MODEL_ONNX = ASSETS / "models" / "default_x4.onnx"

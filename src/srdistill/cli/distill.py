@@ -1,0 +1,113 @@
+"""``srdistill distill``: train a small student to imitate a pretrained teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from . import app
+from ..console import RichReporter, print_json, run_cli, stdout_console
+
+
+@app.command("distill")
+def distill_cmd(
+    teacher: Path = typer.Argument(..., help="The pretrained teacher: .safetensors, .pth, .pt or .ckpt."),
+    student_width: int = typer.Option(..., "--student-width", "-w", help="Feature channels of the student."),
+    student_depth: Optional[int] = typer.Option(None, "--student-depth", "-d",
+                                                help="Blocks/layers of the student (default: the teacher's, or "
+                                                     "the family default for --student-arch)."),
+    student_arch: Optional[str] = typer.Option(None, "--student-arch", "-a",
+                                               help="Student family if not the teacher's: compact, span, edsr, "
+                                                    "esrgan, rcan, swinir, plksr, safmn, omnisr, dctlsa."),
+    allow_wider: bool = typer.Option(False, "--allow-wider", help="Allow a student wider than the teacher."),
+    data: List[Path] = typer.Option([], "--data", help="HR image folder (repeatable; recursive). DIV2K-style "
+                                                       "X4/ LR folders next to the HR images are used as pairs. "
+                                                       "Default: built-in sample images (for trying the tool)."),
+    val: List[Path] = typer.Option([], "--val", help="HR folder for validation (Y-PSNR/SSIM); the best step is "
+                                                     "kept. Default: built-in val images with built-in data."),
+    no_val: bool = typer.Option(False, "--no-val", help="Skip validation."),
+    lr_only: bool = typer.Option(False, "--lr-only", help="--data holds unlabeled LR images: the teacher's "
+                                                          "output is the only target."),
+    steps: int = typer.Option(5000, "--steps", help="Optimiser steps."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", help="Patches per step (per rank under torchrun)."),
+    patch_size: int = typer.Option(32, "--patch-size", "-p", help="LR patch size in pixels (HR = x scale)."),
+    lr: float = typer.Option(5e-4, "--lr", help="Peak learning rate (AdamW, warm-up then cosine decay)."),
+    weight_decay: float = typer.Option(0.0, "--weight-decay", help="AdamW weight decay."),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Default: 5% of --steps, at most 500."),
+    grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient norm clip (0: off)."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Weight of the teacher term: "
+                                                     "alpha*L(student, teacher) + (1-alpha)*L(student, HR)."),
+    loss: str = typer.Option("l1", "--loss", help="Pixel loss: l1, charbonnier or mse."),
+    feature_weight: float = typer.Option(0.0, "--feature-weight",
+                                         help="Weight of feature distillation (FitNet, 1x1 adapters); 0 = off."),
+    adversarial_weight: float = typer.Option(0.0, "--adversarial-weight",
+                                             help="Weight of adversarial distillation vs the teacher's outputs "
+                                                  "(for GAN teachers); 0 = off."),
+    ema_decay: float = typer.Option(0.999, "--ema-decay", help="EMA of the student weights (the saved model)."),
+    val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N steps "
+                                                                      "(default: steps/5, at most 1000)."),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Write a resumable checkpoint every N steps."),
+    out: Path = typer.Option(Path("student.safetensors"), "--out", "-o", help="Where the student goes."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from <out stem>.ckpt."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output and checkpoint."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, "
+                                                              "bf16, fp16."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (CPU runs are repeatable)."),
+    teacher_cache: bool = typer.Option(True, "--teacher-cache/--no-teacher-cache",
+                                       help="Run the teacher once per image and reuse its output (default) or "
+                                            "recompute it for every patch."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    max_images: Optional[int] = typer.Option(None, "--max-images", help="Use at most N training images."),
+    json_out: bool = typer.Option(False, "--json", help="Print the final summary as one JSON document."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (warnings and errors only)."),
+) -> None:
+    """Distill TEACHER into a smaller student; writes the student (.safetensors), a resumable
+    checkpoint (.ckpt) and a JSON-lines training log next to --out."""
+
+    def body():
+        from ..distill.trainer import DistillConfig, distill
+
+        cfg = DistillConfig(
+            teacher=str(teacher), student_width=student_width, student_depth=student_depth,
+            student_arch=student_arch, allow_wider=allow_wider, data=[str(d) for d in data],
+            val=[] if no_val else ([str(v) for v in val] if val else None), lr_only=lr_only, steps=steps,
+            batch_size=batch_size, patch_size=patch_size, lr=lr, weight_decay=weight_decay,
+            warmup_steps=warmup_steps, grad_clip=grad_clip, alpha=alpha, loss=loss, feature_weight=feature_weight,
+            adversarial_weight=adversarial_weight, ema_decay=ema_decay, val_every=val_every,
+            checkpoint_every=checkpoint_every, out=str(out), resume=resume, overwrite=overwrite, device=device,
+            precision=precision, seed=seed, teacher_cache=teacher_cache, threads=threads, max_images=max_images,
+        )
+        from ..distill import distributed
+
+        try:
+            res = distill(cfg, RichReporter(quiet=quiet or json_out))
+        finally:
+            distributed.shutdown()
+        if distributed.launched_by_torchrun() and int(__import__("os").environ.get("RANK", "0")) != 0:
+            return
+        if json_out:
+            print_json(res)
+            return
+        t = Table(title="distillation", show_header=False, box=None)
+        t.add_column(style="bold")
+        t.add_column()
+        t.add_row("student", f"{res.out}  ({res.student['architecture']}, {res.student['params']:,} params)")
+        t.add_row("teacher", f"{res.teacher['architecture']}, {res.teacher['params']:,} params")
+        t.add_row("compression", f"{res.compression_ratio:.1f}x fewer parameters")
+        t.add_row("steps", f"{res.steps} ({res.steps_per_second:.2f} steps/s, {res.seconds:.0f} s in all)")
+        t.add_row("batch", f"{res.global_batch} global ({res.world_size} process(es)) on {res.device}, "
+                           f"{res.precision}")
+        t.add_row("loss", res.loss_formula)
+        t.add_row("final", ", ".join(f"{k}={v:.5f}" for k, v in res.final_losses.items()))
+        if res.best:
+            t.add_row("validation", f"best Y-PSNR {res.best['psnr']:.3f} dB / SSIM {res.best['ssim']:.4f} "
+                                    f"at step {res.best['step']} (saved)")
+        t.add_row("checkpoint", res.checkpoint)
+        t.add_row("log", res.log)
+        stdout_console().print(t)
+
+    run_cli(body)

@@ -1,0 +1,306 @@
+"""Training and evaluation data: HR folders, DIV2K-style pairs, LR-only folders, patches.
+
+Every training image is kept in memory as uint8 tensors: its LR image (made once,
+with the MATLAB-compatible downscale that ``eval`` uses, then rounded to uint8
+as SR papers do), its HR image when there is one, and -- with the teacher cache
+-- the teacher's SR output. A training step then only crops and augments.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import ImageError, SrDistillError, UsageError
+from ..progress import NULL, Reporter
+from .resize import downscale_for_sr, mod_crop
+
+_LR_DIR = re.compile(r"^(x\d+|lr_bicubic|lr_unknown|lr)$", re.IGNORECASE)
+
+
+def builtin_train_dir() -> Path:
+    from ..assets import TRAIN_IMAGES
+
+    return TRAIN_IMAGES
+
+
+def builtin_val_dir() -> Path:
+    from ..assets import VAL_IMAGES
+
+    return VAL_IMAGES
+
+
+def to_uint8_chw(rgb: np.ndarray, channels: int = 3) -> torch.Tensor:
+    """H x W x C float [0, 1] (C = 1 or 3) -> C x H x W uint8 with the requested channel count."""
+    arr = np.asarray(rgb, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.shape[2] == 1 and channels == 3:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] >= 3 and channels == 1:
+        arr = (arr[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
+    elif arr.shape[2] > channels:
+        arr = arr[..., :channels]
+    u8 = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(u8.transpose(2, 0, 1)))
+
+
+def make_lr(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """uint8 C x H x W HR -> uint8 LR (MATLAB bicubic, rounded); HR must already be mod-cropped."""
+    lr = downscale_for_sr(hr.unsqueeze(0), scale)[0]
+    return torch.round(lr.clamp(0, 1) * 255).to(torch.uint8)
+
+
+def find_lr_dir(hr_dir: Path, scale: int) -> Path | None:
+    """The LR folder of a paired (DIV2K / benchmark) layout next to ``hr_dir``, if any."""
+    x = f"X{scale}"
+    cands = [hr_dir / x, hr_dir / x.lower(), hr_dir.parent / "LR_bicubic" / x,
+             hr_dir.parent / hr_dir.name.replace("HR", "LR_bicubic") / x]
+    for c in cands:
+        if c != hr_dir and c.is_dir():
+            return c
+    return None
+
+
+def lr_partner(lr_dir: Path, hr_path: Path, scale: int) -> Path | None:
+    for name in (f"{hr_path.stem}x{scale}", hr_path.stem):
+        for ext in (hr_path.suffix, ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"):
+            p = lr_dir / f"{name}{ext}"
+            if p.is_file():
+                return p
+    return None
+
+
+def _list(folder: Path, recursive: bool = True) -> list[Path]:
+    from .images import IMAGE_EXTENSIONS
+
+    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in IMAGE_EXTENSIONS}
+    if not folder.exists():
+        raise UsageError(f"data folder {str(folder)!r} does not exist")
+    if folder.is_file():
+        return [folder]
+    out = []
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    for p in it:
+        rel = p.relative_to(folder).parts[:-1]
+        if any(_LR_DIR.match(part) for part in rel):
+            continue  # the LR half of a paired layout is not HR data
+        if p.is_file() and p.suffix.lower() in exts:
+            out.append(p)
+    return sorted(out)
+
+
+@dataclass
+class TrainImage:
+    name: str
+    lr: torch.Tensor  # uint8 C x h x w
+    hr: torch.Tensor | None  # uint8 C x h*s x w*s
+    target: torch.Tensor | None = None  # teacher output (uint8), filled by the cache
+
+
+@dataclass
+class DataStats:
+    found: int = 0
+    used: int = 0
+    paired: int = 0
+    skipped_small: int = 0
+    skipped_unreadable: int = 0
+    converted: int = 0
+    lr_only: bool = False
+    sources: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def load_train_images(folders: list[str | Path] | None, scale: int, patch_size: int, *, channels: int = 3,
+                      lr_only: bool = False, reporter: Reporter = NULL,
+                      max_images: int | None = None) -> tuple[list[TrainImage], DataStats]:
+    """Read every usable image; unreadable or too-small ones are skipped with a warning and counted."""
+    from .images import read_image
+
+    stats = DataStats(lr_only=lr_only)
+    if not folders:
+        folders = [builtin_train_dir()]
+    entries: list[tuple[Path, Path | None]] = []
+    for f in folders:
+        folder = Path(f)
+        files = _list(folder)
+        lr_dir = None if lr_only or folder.is_file() else find_lr_dir(folder, scale)
+        stats.sources.append(str(folder) + (f" (paired with {lr_dir})" if lr_dir else ""))
+        for p in files:
+            entries.append((p, lr_partner(lr_dir, p, scale) if lr_dir else None))
+    if max_images:
+        entries = entries[:max_images]
+    stats.found = len(entries)
+    if not entries:
+        raise UsageError(f"no images found in {', '.join(str(f) for f in folders)}",
+                         hint="expected png/jpg/webp/bmp/tiff files")
+    images: list[TrainImage] = []
+    small: list[str] = []
+    with reporter.task("reading images", total=len(entries)) as task:
+        for path, lr_path in entries:
+            task.advance(1)
+            try:
+                img = read_image(path)
+                if img.grayscale or img.bit_depth != 8 or img.alpha is not None:
+                    stats.converted += 1
+                t = to_uint8_chw(img.rgb, channels)
+                if lr_only:
+                    lr, hr = t, None
+                elif lr_path is not None:
+                    lr = to_uint8_chw(read_image(lr_path).rgb, channels)
+                    hr = t[:, : lr.shape[1] * scale, : lr.shape[2] * scale]
+                    if hr.shape[1] != lr.shape[1] * scale or hr.shape[2] != lr.shape[2] * scale:
+                        raise ImageError(f"{lr_path.name} is not 1/{scale} the size of {path.name}")
+                    stats.paired += 1
+                else:
+                    hr = mod_crop(t, scale)
+                    if hr.shape[1] < scale * patch_size or hr.shape[2] < scale * patch_size:
+                        small.append(path.name)
+                        continue
+                    lr = make_lr(hr, scale)
+            except SrDistillError as e:
+                reporter.warn(f"skipping {path.name}: {e}")
+                stats.skipped_unreadable += 1
+                continue
+            if lr.shape[1] < patch_size or lr.shape[2] < patch_size:
+                small.append(path.name)
+                continue
+            images.append(TrainImage(path.name, lr.contiguous(), None if hr is None else hr.contiguous()))
+    stats.skipped_small = len(small)
+    if small:
+        reporter.warn(f"skipped {len(small)} image(s) smaller than one patch "
+                      f"({patch_size * (1 if lr_only else scale)} px): {', '.join(small[:5])}"
+                      + (" ..." if len(small) > 5 else ""))
+    stats.used = len(images)
+    if not images:
+        raise UsageError("no usable training images: all were unreadable or smaller than one patch",
+                         hint="lower --patch-size or add larger images")
+    return images, stats
+
+
+def fill_teacher_cache(images: list[TrainImage], teacher_fn: Callable[[torch.Tensor], torch.Tensor], scale: int,
+                       *, device: torch.device, tile: int | None = 256, overlap: int = 16, min_size: int = 0,
+                       multiple_of: int = 1, reporter: Reporter = NULL) -> float:
+    """Run the teacher once per whole LR image (tiled) and keep its output as uint8.
+
+    Returns the quantisation error bound of the stored targets (0.5/255).
+    """
+    from ..tiling import upscale_tensor
+
+    with reporter.task("teacher cache", total=len(images)) as task:
+        for img in images:
+            x = img.lr.to(device=device, dtype=torch.float32).unsqueeze(0) / 255.0
+            with torch.no_grad():
+                y = upscale_tensor(teacher_fn, x, scale, tile=tile, overlap=overlap, min_size=min_size,
+                                   multiple_of=multiple_of)
+            img.target = torch.round(y[0].clamp(0, 1) * 255).to(torch.uint8).cpu().contiguous()
+            task.advance(1)
+    return 0.5 / 255.0
+
+
+def augment(t: torch.Tensor, code: int) -> torch.Tensor:
+    """Apply one of the 8 flip/rotate transforms (dihedral group) to C x H x W or N x C x H x W."""
+    if code & 1:
+        t = t.flip(-1)
+    if code & 2:
+        t = t.flip(-2)
+    if code & 4:
+        t = t.transpose(-1, -2)
+    return t
+
+
+@dataclass
+class Batch:
+    lr: torch.Tensor
+    hr: torch.Tensor | None
+    target: torch.Tensor | None
+
+
+class PatchSampler:
+    """Random LR patches with the matching HR/teacher patches, flipped/rotated alike.
+
+    The global batch is drawn from one generator (so every rank of a distributed
+    run draws the same plan) and each rank materialises only its slice.
+    """
+
+    def __init__(self, images: list[TrainImage], scale: int, patch_size: int, *, augment: bool = True):
+        self.images = images
+        self.scale = scale
+        self.p = patch_size
+        self.augment = augment
+
+    def plan(self, batch_size: int, gen: torch.Generator) -> list[tuple[int, int, int, int]]:
+        n = len(self.images)
+        idx = torch.randint(n, (batch_size,), generator=gen).tolist()
+        u = torch.rand(batch_size, 2, generator=gen, dtype=torch.float64).tolist()
+        aug = torch.randint(8, (batch_size,), generator=gen).tolist()
+        out = []
+        for i, (uy, ux), a in zip(idx, u, aug):
+            img = self.images[i]
+            h, w = img.lr.shape[1:]
+            y = min(int(uy * (h - self.p + 1)), h - self.p)
+            x = min(int(ux * (w - self.p + 1)), w - self.p)
+            out.append((i, y, x, a if self.augment else 0))
+        return out
+
+    def crop(self, plan: list[tuple[int, int, int, int]], device: torch.device) -> Batch:
+        p, s = self.p, self.scale
+        lrs, hrs, tgs = [], [], []
+        for i, y, x, a in plan:
+            img = self.images[i]
+            lrs.append(augment(img.lr[:, y:y + p, x:x + p], a))
+            if img.hr is not None:
+                hrs.append(augment(img.hr[:, y * s:(y + p) * s, x * s:(x + p) * s], a))
+            if img.target is not None:
+                tgs.append(augment(img.target[:, y * s:(y + p) * s, x * s:(x + p) * s], a))
+
+        def stack(ts):
+            if not ts or len(ts) != len(plan):
+                return None
+            return torch.stack(ts).to(device=device, non_blocking=True).float().div_(255.0)
+
+        return Batch(stack(lrs), stack(hrs), stack(tgs))
+
+
+@dataclass
+class EvalPair:
+    name: str
+    lr: torch.Tensor  # uint8 C x h x w
+    hr: np.ndarray  # uint8 H x W x 3 (mod-cropped)
+
+
+def load_eval_pairs(folder: str | Path, scale: int, *, reporter: Reporter = NULL) -> list[EvalPair]:
+    """An HR folder (LR made with the MATLAB downscale, HR cropped to a multiple of the scale),
+    or a paired layout (``LR_bicubic/X4/*x4.png`` + ``HR/*.png``, or ``X4/`` inside the HR folder)."""
+    from .images import read_image
+
+    folder = Path(folder)
+    if folder.is_dir() and not any(True for _ in _list(folder)) and (folder / "HR").is_dir():
+        folder = folder / "HR"
+    files = _list(folder)
+    if not files:
+        raise UsageError(f"no images found in {str(folder)!r}")
+    lr_dir = find_lr_dir(folder, scale) if folder.is_dir() else None
+    pairs = []
+    for p in files:
+        img = read_image(p)
+        hr = to_uint8_chw(img.rgb, 3)
+        lr_path = lr_partner(lr_dir, p, scale) if lr_dir else None
+        if lr_path is not None:
+            lr = to_uint8_chw(read_image(lr_path).rgb, 3)
+            hr = hr[:, : lr.shape[1] * scale, : lr.shape[2] * scale]
+        else:
+            hr = mod_crop(hr, scale)
+            if hr.shape[1] < scale or hr.shape[2] < scale:
+                reporter.warn(f"skipping {p.name}: smaller than the scale")
+                continue
+            lr = make_lr(hr, scale)
+        pairs.append(EvalPair(p.name, lr, np.ascontiguousarray(hr.permute(1, 2, 0).numpy())))
+    return pairs

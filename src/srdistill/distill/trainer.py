@@ -1,0 +1,665 @@
+"""The distillation loop: data, teacher cache, losses, optimiser, EMA, checkpoints, resume, signals.
+
+The same code runs on CPU and CUDA and, under ``torchrun``, data-parallel with
+DistributedDataParallel (see :mod:`srdistill.distill.distributed`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import random
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import Interrupted, OutputExistsError, SrDistillError, TrainingError, UsageError
+from ..fileio import atomic_path, check_writable
+from ..progress import NULL, Reporter
+from . import distributed as dist_util
+from .losses import (Adapters, FeatureTaps, LossWeights, PatchDiscriminator, feature_loss, gan_loss, pair_taps,
+                     pixel_loss)
+
+NAN_HOOK_ENV = "SRDISTILL_TEST_NAN_AT_STEP"  # test hook: inject a NaN loss at this step
+CKPT_FORMAT = 1
+
+
+@dataclass
+class DistillConfig:
+    teacher: str
+    student_width: int
+    student_depth: int | None = None
+    student_arch: str | None = None
+    allow_wider: bool = False
+    data: list[str] = field(default_factory=list)  # empty: built-in sample images
+    val: list[str] | None = None  # None: built-in val images when data is built-in, else no validation
+    lr_only: bool = False
+    steps: int = 5000
+    batch_size: int = 16
+    patch_size: int = 32  # LR pixels
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    warmup_steps: int | None = None
+    grad_clip: float = 1.0
+    alpha: float = 0.5
+    loss: str = "l1"
+    feature_weight: float = 0.0
+    adversarial_weight: float = 0.0
+    ema_decay: float = 0.999
+    val_every: int | None = None
+    checkpoint_every: int = 500
+    log_every: int = 50
+    out: str = "student.safetensors"
+    resume: bool = False
+    overwrite: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    seed: int = 0
+    teacher_cache: bool = True
+    cache_tile: int = 256
+    threads: int | None = None
+    max_images: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DistillResult:
+    out: str
+    checkpoint: str
+    log: str
+    steps: int
+    resumed_from: int
+    seconds: float
+    steps_per_second: float
+    device: str
+    precision: str
+    world_size: int
+    global_batch: int
+    loss_formula: str
+    final_losses: dict
+    teacher: dict
+    student: dict
+    compression_ratio: float
+    data: dict
+    teacher_cache: dict
+    validation: list = field(default_factory=list)
+    best: dict | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: no CUDA device is available", hint="use --device cpu or auto")
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            raise UsageError(f"invalid --device {name!r}") from None
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return dev
+    if name == "cpu":
+        return torch.device("cpu")
+    raise UsageError(f"invalid --device {name!r}", hint="use auto, cpu, cuda or cuda:N")
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    name = (name or "auto").lower()
+    if name not in ("auto", "fp32", "bf16", "fp16"):
+        raise UsageError(f"invalid --precision {name!r}", hint="use auto, fp32, bf16 or fp16")
+    if device.type != "cuda":
+        if name in ("bf16", "fp16"):
+            raise UsageError(f"--precision {name} needs a CUDA device; CPU training runs in fp32")
+        return "fp32"
+    if name == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return name
+
+
+def paths_for(out: str | Path) -> dict[str, Path]:
+    out = Path(out)
+    stem = out.name[: -len(out.suffix)] if out.suffix else out.name
+    return {
+        "out": out,
+        "ckpt": out.with_name(stem + ".ckpt"),
+        "log": out.with_name(stem + ".train.jsonl"),
+        "lock": out.with_name(out.name + ".lock"),
+    }
+
+
+class RunLock:
+    """``<out>.lock`` created exclusively: a second run on the same output refuses to start."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.held = False
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pid = self._owner()
+                if pid is not None and _alive(pid):
+                    raise OutputExistsError(
+                        f"another srdistill run (pid {pid}) is writing {self.path.name[:-5]!r}",
+                        hint=f"wait for it, or remove {str(self.path)!r} if that run is gone") from None
+                with contextlib.suppress(OSError):
+                    self.path.unlink()  # stale lock of a dead run
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            self.held = True
+            return
+        raise OutputExistsError(f"cannot take the lock {str(self.path)!r}")
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip() or "0") or None
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self.held:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            self.held = False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class EMA:
+    """Exponential moving average of the student's weights (the saved model)."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        self.module = copy.deepcopy(module).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))  # warm-up for short runs
+        ema_p = list(self.module.parameters())
+        src_p = list(module.parameters())
+        torch._foreach_lerp_(ema_p, [p.detach() for p in src_p], 1.0 - d)
+        for eb, b in zip(self.module.buffers(), module.buffers()):
+            eb.copy_(b)
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.module.load_state_dict(sd["module"])
+        self.updates = int(sd["updates"])
+
+
+def lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))) * 0.99 + 0.01
+    return f
+
+
+def finalize_reparam(module: nn.Module) -> None:
+    """Refresh deploy weights of re-parameterisable blocks (SPAN's Conv3XC) before saving."""
+    for m in module.modules():
+        fn = getattr(m, "update_params", None)
+        if callable(fn):
+            with torch.no_grad():
+                fn()
+
+
+class _Signals:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and stops with 130/143."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        return False
+
+
+def _rng_state(gen: torch.Generator) -> dict:
+    return {"gen": gen.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
+            "python": list(random.getstate()[1]),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(gen: torch.Generator, st: dict) -> None:
+    gen.set_state(st["gen"])
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(("MT19937", np.array(st["numpy"], dtype=np.uint32), 624, 0, 0.0))
+    random.setstate((3, tuple(st["python"]), None))
+    if st.get("cuda") and torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError):
+            torch.cuda.set_rng_state_all(st["cuda"])
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def distill(cfg: DistillConfig, reporter: Reporter = NULL) -> DistillResult:
+    """Train a student to imitate ``cfg.teacher``; returns what was done and where it went."""
+    from ..models.checkpoint import save_student
+    from ..models.families import get_family
+    from ..models.loading import load_model
+    from ..models.students import build_student, compression
+    from ..data.datasets import (PatchSampler, builtin_train_dir, builtin_val_dir, fill_teacher_cache,
+                                 load_eval_pairs, load_train_images)
+
+    ctx = dist_util.context()
+    _validate(cfg)
+    device = ctx.device if ctx.enabled else resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    rep = reporter if ctx.is_main else NULL
+    paths = paths_for(cfg.out)
+    if paths["out"].suffix.lower() != ".safetensors":
+        raise UsageError(f"--out must end in .safetensors, not {paths['out'].name!r}")
+
+    lock = RunLock(paths["lock"])
+    if ctx.is_main:
+        if cfg.resume:
+            if not paths["ckpt"].exists():
+                raise UsageError(f"--resume: no checkpoint {str(paths['ckpt'])!r} to resume from",
+                                 hint="run without --resume to start fresh")
+        else:
+            check_writable(paths["out"], overwrite=cfg.overwrite)
+            if paths["ckpt"].exists() and not cfg.overwrite:
+                raise OutputExistsError(f"a checkpoint of an earlier run exists: {str(paths['ckpt'])!r}",
+                                        hint="pass --resume to continue it, or --overwrite to start over")
+        lock.acquire()
+    try:
+        return _run(cfg, rep, ctx, device, precision, paths, load_model, build_student, compression, save_student,
+                    get_family, PatchSampler, builtin_train_dir, builtin_val_dir, fill_teacher_cache,
+                    load_eval_pairs, load_train_images)
+    finally:
+        lock.release()
+
+
+def _validate(cfg: DistillConfig) -> None:
+    if cfg.steps < 1:
+        raise UsageError(f"--steps must be at least 1, not {cfg.steps}")
+    if cfg.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, not {cfg.batch_size}")
+    if cfg.patch_size < 4:
+        raise UsageError(f"--patch-size must be at least 4 LR pixels, not {cfg.patch_size}")
+    if not cfg.lr > 0:
+        raise UsageError(f"--lr must be positive, not {cfg.lr}")
+    if not 0 <= cfg.ema_decay < 1:
+        raise UsageError(f"--ema-decay must be in [0, 1), not {cfg.ema_decay}")
+    if cfg.checkpoint_every < 1:
+        raise UsageError(f"--checkpoint-every must be at least 1, not {cfg.checkpoint_every}")
+    if cfg.val_every is not None and cfg.val_every < 1:
+        raise UsageError(f"--val-every must be at least 1, not {cfg.val_every}")
+    LossWeights(cfg.alpha, cfg.feature_weight, cfg.adversarial_weight, cfg.loss).validate()
+
+
+def _run(cfg, rep, ctx, device, precision, paths, load_model, build_student, compression, save_student, get_family,
+         PatchSampler, builtin_train_dir, builtin_val_dir, fill_teacher_cache, load_eval_pairs, load_train_images):
+    t_start = time.monotonic()
+    teacher = load_model(cfg.teacher, device=device)
+    teacher.module.eval()
+    for p in teacher.module.parameters():
+        p.requires_grad_(False)
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    student = build_student(teacher, cfg.student_width, cfg.student_depth, cfg.student_arch,
+                            allow_wider=cfg.allow_wider, seed=cfg.seed)
+    student.module.to(device).train()
+    comp = compression(teacher, student)
+    rep.info(f"teacher: {teacher.architecture} x{teacher.scale}, {teacher.params:,} params ({teacher.name})")
+    rep.info(f"student: {student.architecture} x{student.scale}, {student.params:,} params "
+             f"({comp['ratio']:.1f}x smaller)")
+
+    builtin = not cfg.data
+    if builtin:
+        rep.info("data: built-in sample images (for trying the tool; point --data at DIV2K or your own images "
+                 "for a real model)")
+    images, stats = load_train_images(cfg.data or None, teacher.scale, cfg.patch_size,
+                                      channels=teacher.input_channels, lr_only=cfg.lr_only, reporter=rep,
+                                      max_images=cfg.max_images)
+    rep.info(f"data: {stats.used} image(s) used of {stats.found}"
+             + (f", {stats.paired} paired" if stats.paired else "")
+             + (f", {stats.skipped_small} too small" if stats.skipped_small else "")
+             + (f", {stats.skipped_unreadable} unreadable" if stats.skipped_unreadable else "")
+             + (" (LR-only: the teacher is the only target)" if cfg.lr_only else ""))
+
+    weights = LossWeights(cfg.alpha, cfg.feature_weight, cfg.adversarial_weight, cfg.loss, has_hr=not cfg.lr_only)
+    if cfg.lr_only and cfg.alpha < 1:
+        rep.warn("--lr-only has no ground truth: the teacher term gets all the pixel weight")
+    crit = pixel_loss(cfg.loss)
+    rep.info(weights.formula())
+
+    use_cache = cfg.teacher_cache
+    cache_info: dict[str, Any] = {"enabled": use_cache}
+    if use_cache:
+        t0 = time.monotonic()
+        qerr = fill_teacher_cache(images, teacher, teacher.scale, device=device, tile=cfg.cache_tile,
+                                  min_size=teacher.min_size, multiple_of=teacher.multiple_of, reporter=rep)
+        cache_info.update(seconds=round(time.monotonic() - t0, 3), storage="memory, uint8",
+                          max_quantization_error=qerr,
+                          bytes=int(sum(i.target.numel() for i in images)))
+        rep.info(f"teacher cache: {len(images)} image(s) in {cache_info['seconds']:.1f} s, stored as uint8 "
+                 f"(targets within {qerr:.5f} = 0.5/255 of the teacher's output)")
+
+    # feature distillation: hooks on corresponding layers, 1x1 adapters where widths differ
+    s_taps = t_taps = None
+    adapters: Adapters | None = None
+    if cfg.feature_weight > 0:
+        s_fam, t_fam = get_family(student.architecture), get_family(teacher.architecture)
+        s_names, t_names = pair_taps(s_fam, student.hyperparameters, t_fam, teacher.hyperparameters)
+        s_taps, t_taps = FeatureTaps(student.module, s_names), FeatureTaps(teacher.module, t_names)
+        probe = images[0].lr[:, : cfg.patch_size, : cfg.patch_size].unsqueeze(0).float().div(255).to(device)
+        with torch.no_grad():
+            student.module(probe)
+            teacher.module(probe)
+        sf, tf = s_taps.take(), t_taps.take()
+        if any(f is None or f.ndim != 4 for f in sf + tf):
+            raise UsageError("feature distillation: these layers do not give image-shaped features",
+                             hint="use --feature-weight 0")
+        torch.manual_seed(cfg.seed + 1)
+        adapters = Adapters([f.shape[1] for f in sf], [f.shape[1] for f in tf]).to(device)
+        rep.info(f"feature taps: student {s_names} -> teacher {t_names}")
+
+    disc: PatchDiscriminator | None = None
+    d_opt = None
+    if cfg.adversarial_weight > 0:
+        torch.manual_seed(cfg.seed + 2)
+        disc = PatchDiscriminator(teacher.output_channels).to(device)
+        d_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+
+    train_params = list(student.module.parameters()) + (list(adapters.parameters()) if adapters else [])
+    opt = torch.optim.AdamW(train_params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(500, max(1, cfg.steps // 20))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, cfg.steps))
+    ema = EMA(student.module, cfg.ema_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=(precision == "fp16"))
+    if device.type == "cuda":
+        student.module.to(memory_format=torch.channels_last)
+        teacher.module.to(memory_format=torch.channels_last)
+    model_for_step: nn.Module = student.module
+    if ctx.enabled:
+        model_for_step = ctx.wrap(student.module)
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    start_step = 0
+    if cfg.resume:
+        ck = torch.load(paths["ckpt"], map_location="cpu", weights_only=True)
+        if ck.get("format") != CKPT_FORMAT:
+            raise TrainingError(f"{paths['ckpt'].name} was written by an incompatible srdistill version")
+        if ck["student_arch"] != student.architecture or ck["student_hp"] != json.loads(
+                json.dumps(student.hyperparameters)):
+            raise UsageError(f"--resume: {paths['ckpt'].name} holds a different student "
+                             f"({ck['student_arch']} {ck['student_hp']})", hint="use the same --student-* options")
+        student.module.load_state_dict(ck["student"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        if adapters is not None and ck.get("adapters"):
+            adapters.load_state_dict(ck["adapters"])
+        if disc is not None and ck.get("disc"):
+            disc.load_state_dict(ck["disc"])
+            d_opt.load_state_dict(ck["disc_opt"])
+        if ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
+        _set_rng_state(gen, ck["rng"])
+        start_step = int(ck["step"])
+        rep.info(f"resuming from step {start_step} ({paths['ckpt'].name})")
+        if start_step >= cfg.steps:
+            rep.warn(f"the checkpoint is already at step {start_step} >= --steps {cfg.steps}")
+
+    val_pairs = None
+    val_dirs = cfg.val if cfg.val is not None else ([str(builtin_val_dir())] if builtin else [])
+    if val_dirs:
+        val_pairs = []
+        for v in val_dirs:
+            val_pairs += load_eval_pairs(v, teacher.scale, reporter=rep)
+    val_every = cfg.val_every or max(1, min(1000, cfg.steps // 5))
+
+    world = ctx.world_size
+    global_batch = cfg.batch_size * world
+    sampler = PatchSampler(images, teacher.scale, cfg.patch_size)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+                if precision in ("bf16", "fp16") else contextlib.nullcontext())
+    nan_at = int(os.environ.get(NAN_HOOK_ENV, "0") or 0)
+
+    log_f = None
+    history: list[dict] = []
+    best: dict | None = None
+    last_terms: dict[str, float] = {}
+    config_meta = {k: v for k, v in cfg.to_dict().items() if k not in ("resume", "overwrite", "out")}
+    config_meta["teacher"] = Path(cfg.teacher).name
+    config_meta["global_batch"] = global_batch
+    config_meta["world_size"] = world
+    command = "srdistill distill " + " ".join(_argv_repr(cfg))
+
+    def write_ckpt(step: int) -> None:
+        if not ctx.is_main:
+            return
+        state = {
+            "format": CKPT_FORMAT, "version": __version__, "step": step,
+            "student_arch": student.architecture, "student_hp": json.loads(json.dumps(student.hyperparameters)),
+            "student": student.module.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "rng": _rng_state(gen),
+            "adapters": adapters.state_dict() if adapters else None,
+            "disc": disc.state_dict() if disc else None, "disc_opt": d_opt.state_dict() if d_opt else None,
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "config": json.dumps(config_meta),
+        }
+        with atomic_path(paths["ckpt"], overwrite=True) as tmp:
+            torch.save(state, tmp)
+
+    def save_output(step: int, metrics: dict | None) -> None:
+        if not ctx.is_main:
+            return
+        out_model = copy.copy(student)
+        out_model.module = copy.deepcopy(ema.module).cpu().eval()
+        out_model._params_cache = None
+        finalize_reparam(out_model.module)
+        save_student(paths["out"], out_model, overwrite=True, teacher=teacher,
+                     config={**config_meta, "step": step, "command": command},
+                     metrics=metrics, extra={"data": stats.to_dict()})
+
+    def validate(step: int) -> dict:
+        from ..evaluate import score_pairs
+
+        ema_model = copy.copy(student)
+        ema_model.module = ema.module
+        res = score_pairs(ema_model, val_pairs, teacher.scale, device=device)
+        rec = {"step": step, "psnr": res["psnr"], "ssim": res["ssim"]}
+        return rec
+
+    step = start_step
+    steps_done = 0
+    t_loop = time.monotonic()
+    try:
+        if ctx.is_main:
+            paths["log"].parent.mkdir(parents=True, exist_ok=True)
+            log_f = open(paths["log"], "a" if cfg.resume else "w", encoding="utf-8")
+            log_f.write(json.dumps({"event": "start", "step": step, "time": time.time(), "config": config_meta,
+                                    "formula": weights.formula(), "srdistill": __version__}) + "\n")
+        with _Signals() as sig, rep.task("distilling", total=cfg.steps) as task:
+            task.advance(step)
+            while step < cfg.steps:
+                plan = sampler.plan(global_batch, gen)
+                mine = plan[ctx.rank * cfg.batch_size:(ctx.rank + 1) * cfg.batch_size]
+                batch = sampler.crop(mine, device)
+                if device.type == "cuda":
+                    batch.lr = batch.lr.contiguous(memory_format=torch.channels_last)
+                terms: dict[str, torch.Tensor] = {}
+                try:
+                    with autocast:
+                        need_teacher = (not use_cache) or s_taps is not None or disc is not None
+                        t_out = batch.target
+                        if need_teacher:
+                            with torch.no_grad():
+                                t_live = teacher.module(batch.lr)
+                            if t_out is None:
+                                t_out = t_live.float()
+                            elif disc is not None:
+                                t_out = t_out  # the cached target stands in for the live output
+                        s_out = model_for_step(batch.lr)
+                        tw = weights.terms()
+                        if "kd" in tw:
+                            terms["kd"] = tw["kd"] * crit(s_out.float(), t_out)
+                        if "hr" in tw and batch.hr is not None:
+                            terms["hr"] = tw["hr"] * crit(s_out.float(), batch.hr)
+                        if s_taps is not None:
+                            sf = adapters(s_taps.take())
+                            tf = t_taps.take()
+                            terms["feature"] = tw["feature"] * feature_loss(
+                                [f.float() for f in sf], [f.float() for f in tf])
+                        if disc is not None:
+                            terms["adv"] = tw["adv"] * gan_loss(disc(s_out.float()), real=True)
+                        loss = sum(terms.values())
+                except torch.cuda.OutOfMemoryError:
+                    raise TrainingError(
+                        f"out of GPU memory at batch {cfg.batch_size} x patch {cfg.patch_size}",
+                        hint="use a smaller --batch-size or --patch-size") from None
+                if nan_at and step + 1 == nan_at:
+                    loss = loss * float("nan")
+                if not torch.isfinite(loss.detach()):
+                    kept = (f"the last good checkpoint {paths['ckpt'].name} is intact"
+                            if paths["ckpt"].exists() else "no checkpoint was written yet")
+                    raise TrainingError(f"the loss became {loss.item()} at step {step + 1}; stopping ({kept})",
+                                        hint="lower --lr, or use --precision fp32")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.grad_clip > 0:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(train_params, cfg.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                ema.update(student.module)
+                if disc is not None:
+                    d_opt.zero_grad(set_to_none=True)
+                    with autocast:
+                        d_loss = 0.5 * (gan_loss(disc(t_out.detach().float()), True)
+                                        + gan_loss(disc(s_out.detach().float()), False))
+                    d_loss.backward()
+                    d_opt.step()
+                    terms["disc"] = d_loss.detach()
+                step += 1
+                steps_done += 1
+                last_terms = {k: float(v.detach()) for k, v in terms.items()}
+                last_terms["loss"] = float(loss.detach())
+                rate = steps_done / max(1e-9, time.monotonic() - t_loop)
+                task.advance(1, **{k: round(v, 5) for k, v in last_terms.items()}, **{"it/s": round(rate, 2)})
+                if log_f and (step % cfg.log_every == 0 or step == cfg.steps):
+                    log_f.write(json.dumps({"event": "step", "step": step, **last_terms,
+                                            "lr": sched.get_last_lr()[0], "steps_per_s": rate}) + "\n")
+                    log_f.flush()
+                if val_pairs and (step % val_every == 0 or step == cfg.steps):
+                    rec = validate(step)
+                    history.append(rec)
+                    if log_f:
+                        log_f.write(json.dumps({"event": "val", **rec}) + "\n")
+                        log_f.flush()
+                    if best is None or rec["psnr"] > best["psnr"]:
+                        best = rec
+                        save_output(step, {"val": {"psnr": rec["psnr"], "ssim": rec["ssim"], "step": step,
+                                                   "images": len(val_pairs), "y_channel": True,
+                                                   "crop_border": teacher.scale}})
+                    rep.info(f"step {step}: val PSNR {rec['psnr']:.3f} dB, SSIM {rec['ssim']:.4f}"
+                             + (" (best)" if best is rec else ""))
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    write_ckpt(step)
+                stop = sig.received
+                if ctx.enabled:
+                    stop = ctx.any_flag(stop)
+                if stop:
+                    write_ckpt(step)
+                    raise Interrupted(f"stopped at step {step}; checkpoint saved to {paths['ckpt']} "
+                                      "(continue with --resume)", signum=int(stop))
+        if not val_pairs:
+            save_output(step, None)
+        elif best is None:
+            save_output(step, None)
+    finally:
+        if log_f:
+            log_f.write(json.dumps({"event": "end", "step": step, "time": time.time()}) + "\n")
+            log_f.close()
+        for taps in (s_taps, t_taps):
+            if taps is not None:
+                taps.remove()
+    seconds = time.monotonic() - t_start
+    loop_s = time.monotonic() - t_loop
+    return DistillResult(
+        out=str(paths["out"]), checkpoint=str(paths["ckpt"]), log=str(paths["log"]), steps=step,
+        resumed_from=start_step, seconds=round(seconds, 3),
+        steps_per_second=round(steps_done / loop_s, 3) if loop_s > 0 else 0.0,
+        device=str(device), precision=precision, world_size=world, global_batch=global_batch,
+        loss_formula=weights.formula(), final_losses=last_terms,
+        teacher={"architecture": teacher.architecture, "params": teacher.params, "file": str(cfg.teacher)},
+        student={"architecture": student.architecture, "params": student.params,
+                 "hyperparameters": student.hyperparameters},
+        compression_ratio=round(comp["ratio"], 3), data=stats.to_dict(), teacher_cache=cache_info,
+        validation=history, best=best,
+    )
+
+
+def _argv_repr(cfg: DistillConfig) -> list[str]:
+    out = [Path(cfg.teacher).name, f"--student-width {cfg.student_width}"]
+    if cfg.student_depth:
+        out.append(f"--student-depth {cfg.student_depth}")
+    if cfg.student_arch:
+        out.append(f"--student-arch {cfg.student_arch}")
+    for d in cfg.data:
+        out.append(f"--data {d}")
+    for k in ("steps", "batch_size", "patch_size", "lr", "alpha", "seed"):
+        out.append(f"--{k.replace('_', '-')} {getattr(cfg, k)}")
+    return out

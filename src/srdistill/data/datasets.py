@@ -268,6 +268,16 @@ class PatchSampler:
 
         return Batch(stack(lrs), stack(hrs), stack(tgs))
 
+    def live_targets(self, plan: list[tuple[int, int, int, int]], teacher_fn, device: torch.device) -> torch.Tensor:
+        """The teacher's output on the un-augmented LR patches, then flipped/rotated like the batch,
+        so live targets are what the cache would hold (up to patch borders and quantisation)."""
+        p = self.p
+        x = torch.stack([self.images[i].lr[:, y:y + p, x:x + p] for i, y, x, _ in plan])
+        x = x.to(device=device).float().div_(255.0)
+        with torch.no_grad():
+            y = teacher_fn(x).float().clamp_(0, 1)
+        return torch.stack([augment(y[k], a) for k, (_, _, _, a) in enumerate(plan)])
+
 
 @dataclass
 class EvalPair:

@@ -32,6 +32,7 @@ from .losses import (Adapters, FeatureTaps, LossWeights, PatchDiscriminator, fea
                      pixel_loss)
 
 NAN_HOOK_ENV = "SRDISTILL_TEST_NAN_AT_STEP"  # test hook: inject a NaN loss at this step
+SIGNAL_HOOK_ENV = "SRDISTILL_TEST_SIGTERM_AT_STEP"  # test hook: behave as if SIGTERM arrived after this step
 CKPT_FORMAT = 1
 
 
@@ -475,6 +476,7 @@ def _run(cfg, rep, ctx, device, precision, paths, load_model, build_student, com
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
                 if precision in ("bf16", "fp16") else contextlib.nullcontext())
     nan_at = int(os.environ.get(NAN_HOOK_ENV, "0") or 0)
+    term_at = int(os.environ.get(SIGNAL_HOOK_ENV, "0") or 0)
 
     log_f = None
     history: list[dict] = []
@@ -542,15 +544,12 @@ def _run(cfg, rep, ctx, device, precision, paths, load_model, build_student, com
                 terms: dict[str, torch.Tensor] = {}
                 try:
                     with autocast:
-                        need_teacher = (not use_cache) or s_taps is not None or disc is not None
                         t_out = batch.target
-                        if need_teacher:
+                        if t_out is None:
+                            t_out = sampler.live_targets(mine, teacher.module, device)
+                        if s_taps is not None:  # teacher features on the same (augmented) input
                             with torch.no_grad():
-                                t_live = teacher.module(batch.lr)
-                            if t_out is None:
-                                t_out = t_live.float()
-                            elif disc is not None:
-                                t_out = t_out  # the cached target stands in for the live output
+                                teacher.module(batch.lr)
                         s_out = model_for_step(batch.lr)
                         tw = weights.terms()
                         if "kd" in tw:
@@ -619,6 +618,8 @@ def _run(cfg, rep, ctx, device, precision, paths, load_model, build_student, com
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                     write_ckpt(step)
                 stop = sig.received
+                if term_at and step == term_at:
+                    stop = signal.SIGTERM
                 if ctx.enabled:
                     stop = ctx.any_flag(stop)
                 if stop:

@@ -1,0 +1,229 @@
+"""distill: real (tiny) distillation runs on images generated here, CPU, seconds each."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+from typer.testing import CliRunner
+
+from srdistill.cli import app
+from srdistill.data.datasets import PatchSampler, fill_teacher_cache, load_train_images
+from srdistill.distill.trainer import NAN_HOOK_ENV, SIGNAL_HOOK_ENV, DistillConfig, distill
+from srdistill.errors import Interrupted, OutputExistsError, TrainingError, UsageError
+from srdistill.metrics import psnr, to_uint8
+from srdistill.models.checkpoint import save_student
+from srdistill.models.loading import load_model, model_from_state_dict
+from srdistill.models._compat import import_spandrel
+from srdistill.progress import RecordingReporter
+
+import_spandrel()
+from spandrel.architectures.Compact import Compact  # noqa: E402
+
+
+def _natural(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A textured test picture: smooth colour gradients, hard-edged shapes and fine noise."""
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.stack([np.sin(6 * xx + rng.uniform(0, 6)), np.cos(5 * yy + rng.uniform(0, 6)),
+                    np.sin(4 * (xx + yy) + rng.uniform(0, 6))], -1) * 0.25 + 0.5
+    for _ in range(6):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(4, h / 4)
+        mask = (np.mgrid[0:h, 0:w][0] - cy) ** 2 + (np.mgrid[0:h, 0:w][1] - cx) ** 2 < r * r
+        img[mask] = rng.uniform(0, 1, 3)
+    img += rng.normal(0, 0.03, img.shape)
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hr")
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        PILImage.fromarray(_natural(rng, 96, 112)).save(d / f"img{i}.png")
+    return d
+
+
+@pytest.fixture(scope="module")
+def teacher_path(tmp_path_factory):
+    """A small Compact x2 teacher with random (but fixed) weights, saved as .pth."""
+    torch.manual_seed(123)
+    net = Compact(num_feat=16, num_conv=2, upscale=2)
+    with torch.no_grad():  # a clear residual over nearest upsampling: something to learn
+        net.body[-1].weight.mul_(3)
+    p = tmp_path_factory.mktemp("teacher") / "teacher.pth"
+    torch.save(net.state_dict(), p)
+    return p
+
+
+def _cfg(teacher_path, data_dir, tmp_path, **kw) -> DistillConfig:
+    base = dict(teacher=str(teacher_path), student_width=8, student_depth=2, data=[str(data_dir)], val=[],
+                steps=40, batch_size=4, patch_size=16, lr=2e-3, out=str(tmp_path / "s.safetensors"),
+                checkpoint_every=10, seed=1, log_every=5)
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+def _psnr_vs_teacher(student_file, teacher_path, data_dir) -> float:
+    teacher = load_model(teacher_path)
+    student = load_model(student_file)
+    vals = []
+    for f in sorted(data_dir.iterdir())[:3]:
+        x = torch.from_numpy(np.array(PILImage.open(f))).permute(2, 0, 1)[None].float() / 255
+        vals.append(psnr(to_uint8(student(x)), to_uint8(teacher(x)), 2))
+    return float(np.mean(vals))
+
+
+def test_distillation_moves_the_student_toward_the_teacher(teacher_path, data_dir, tmp_path):
+    # a student with the same init trained for 1 step vs 60 steps
+    res1 = distill(_cfg(teacher_path, data_dir, tmp_path / "a", steps=1, alpha=1.0))
+    res = distill(_cfg(teacher_path, data_dir, tmp_path / "b", steps=60, alpha=1.0))
+    log = [json.loads(line) for line in open(res.log)]
+    kd = [r["kd"] for r in log if r["event"] == "step"]
+    assert np.mean(kd[-3:]) < 0.85 * kd[0], kd
+    before = _psnr_vs_teacher(res1.out, teacher_path, data_dir)
+    after = _psnr_vs_teacher(res.out, teacher_path, data_dir)
+    print(f"student vs teacher PSNR: {before:.2f} -> {after:.2f} dB")
+    assert after > before + 1.0, (before, after)
+    assert res.compression_ratio > 1
+    assert res.loss_formula == "loss = 1*L1(student, teacher)"
+
+
+def test_lr_only_mode_uses_the_teacher_as_the_only_target(teacher_path, data_dir, tmp_path):
+    rep = RecordingReporter()
+    res = distill(_cfg(teacher_path, data_dir, tmp_path, lr_only=True, steps=20, alpha=0.5), rep)
+    assert res.data["lr_only"] is True
+    assert set(res.final_losses) == {"kd", "loss"}
+    assert any("only target" in w or "teacher term" in w for w in rep.warnings)
+    assert load_model(res.out).scale == 2
+
+
+def test_resume_after_sigterm_ends_with_the_same_weights(teacher_path, data_dir, tmp_path, monkeypatch):
+    full = distill(_cfg(teacher_path, data_dir, tmp_path / "full", steps=30))
+    monkeypatch.setenv(SIGNAL_HOOK_ENV, "13")
+    cfg = _cfg(teacher_path, data_dir, tmp_path / "cut", steps=30)
+    with pytest.raises(Interrupted) as ei:
+        distill(cfg)
+    assert ei.value.exit_code == 143
+    monkeypatch.delenv(SIGNAL_HOOK_ENV)
+    ck = torch.load(tmp_path / "cut" / "s.ckpt", weights_only=True)
+    assert ck["step"] == 13
+    cfg.resume = True
+    resumed = distill(cfg)
+    assert resumed.resumed_from == 13 and resumed.steps == 30
+    a, b = load_model(full.out), load_model(resumed.out)
+    for (k, va), (_, vb) in zip(a.module.state_dict().items(), b.module.state_dict().items()):
+        assert torch.equal(va, vb), k
+
+
+def test_nan_loss_stops_with_the_last_checkpoint_intact(teacher_path, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv(NAN_HOOK_ENV, "15")
+    with pytest.raises(TrainingError, match="step 15.*s.ckpt is intact"):
+        distill(_cfg(teacher_path, data_dir, tmp_path, steps=30))
+    ck = torch.load(tmp_path / "s.ckpt", weights_only=True)
+    assert ck["step"] == 10
+    assert all(torch.isfinite(v).all() for v in ck["student"].values() if v.is_floating_point())
+
+
+def test_cached_and_uncached_targets_agree_on_step_one(teacher_path, data_dir):
+    teacher = load_model(teacher_path)
+    images, _ = load_train_images([data_dir], 2, 16)
+    fill_teacher_cache(images, teacher, 2, device=torch.device("cpu"), tile=32)
+    sampler = PatchSampler(images, 2, 16)
+    plan = sampler.plan(4, torch.Generator().manual_seed(0))
+    batch = sampler.crop(plan, torch.device("cpu"))
+    live = sampler.live_targets(plan, teacher, torch.device("cpu"))  # what --no-teacher-cache trains on
+    border = 2 * 4  # the teacher's receptive field (4 convs) in HR pixels
+    diff = (live - batch.target)[..., border:-border, border:-border].abs().max().item()
+    assert diff <= 0.5 / 255 + 1e-6, diff
+    # whole-image targets equal the untiled teacher output within the stated quantisation
+    full = teacher(images[0].lr[None].float() / 255).clamp(0, 1)
+    assert (full[0] - images[0].target.float() / 255).abs().max().item() <= 0.5 / 255 + 1e-6
+
+
+def test_uncached_run_and_feature_adapters_get_gradients(teacher_path, data_dir, tmp_path):
+    res = distill(_cfg(teacher_path, data_dir, tmp_path, steps=5, teacher_cache=False, feature_weight=0.1))
+    assert "feature" in res.final_losses and res.teacher_cache["enabled"] is False
+    ck = torch.load(tmp_path / "s.ckpt", weights_only=True)
+    assert ck["adapters"] is not None
+    # student width 8 -> teacher width 16: 1x1 adapters, trained (moved away from their init)
+    from srdistill.distill.losses import Adapters
+
+    torch.manual_seed(1 + 1)
+    init = Adapters([8] * 2, [16] * 2).state_dict()
+    moved = [not torch.equal(init[k], v) for k, v in ck["adapters"].items()]
+    assert any(moved)
+
+
+def test_adversarial_term_runs(teacher_path, data_dir, tmp_path):
+    res = distill(_cfg(teacher_path, data_dir, tmp_path, steps=3, adversarial_weight=0.01))
+    assert {"adv", "disc"} <= set(res.final_losses)
+
+
+def test_output_is_never_clobbered_and_second_run_is_locked_out(teacher_path, data_dir, tmp_path):
+    out = tmp_path / "s.safetensors"
+    out.write_bytes(b"precious")
+    with pytest.raises(OutputExistsError):
+        distill(_cfg(teacher_path, data_dir, tmp_path, steps=2))
+    assert out.read_bytes() == b"precious"
+    out.unlink()
+    lock = tmp_path / "s.safetensors.lock"
+    lock.write_text(str(os.getpid()))  # a live run holds it
+    with pytest.raises(OutputExistsError, match="another srdistill run"):
+        distill(_cfg(teacher_path, data_dir, tmp_path, steps=2))
+    lock.write_text("999999999")  # a dead run: stale lock is taken over
+    distill(_cfg(teacher_path, data_dir, tmp_path, steps=2))
+    assert not lock.exists()
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(steps=0), "--steps"), (dict(batch_size=0), "--batch-size"), (dict(alpha=1.5), "--alpha"),
+    (dict(loss="huber"), "--loss"), (dict(patch_size=2), "--patch-size"), (dict(student_width=0), "width"),
+    (dict(device="tpu"), "--device"), (dict(precision="fp8"), "--precision"), (dict(lr=0), "--lr"),
+])
+def test_bad_options_are_clear_errors(teacher_path, data_dir, tmp_path, kw, msg):
+    with pytest.raises(UsageError, match=msg.replace("-", r"\-")):
+        distill(_cfg(teacher_path, data_dir, tmp_path, **kw))
+    assert not (tmp_path / "s.safetensors").exists()
+
+
+def test_small_and_broken_images_are_skipped_and_counted(teacher_path, data_dir, tmp_path):
+    d = tmp_path / "mixed"
+    d.mkdir()
+    for f in sorted(data_dir.iterdir())[:2]:
+        (d / f.name).write_bytes(f.read_bytes())
+    PILImage.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "tiny.png")
+    (d / "broken.png").write_bytes(b"not a png")
+    PILImage.fromarray(np.full((96, 96), 128, np.uint8)).save(d / "gray.png")
+    PILImage.fromarray(np.full((96, 96, 4), 200, np.uint8)).save(d / "rgba.png")
+    rep = RecordingReporter()
+    res = distill(_cfg(teacher_path, d, tmp_path, steps=2), rep)
+    assert res.data["used"] == 4 and res.data["skipped_small"] == 1 and res.data["skipped_unreadable"] == 1
+    assert res.data["converted"] >= 2
+    assert any("broken.png" in w for w in rep.warnings) and any("tiny.png" in w for w in rep.warnings)
+
+
+def test_cli_distill_json_and_saved_files_load_with_info(teacher_path, data_dir, tmp_path):
+    out = tmp_path / "cli.safetensors"
+    r = CliRunner().invoke(app, ["distill", str(teacher_path), "--student-width", "8", "--student-depth", "2",
+                                 "--data", str(data_dir), "--val", str(data_dir), "--steps", "6",
+                                 "--batch-size", "2", "--patch-size", "16", "--val-every", "3",
+                                 "-o", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["steps"] == 6 and doc["best"]["psnr"] > 0 and len(doc["validation"]) == 2
+    info = CliRunner().invoke(app, ["info", str(out), "--json"])
+    assert info.exit_code == 0, info.output
+    meta = json.loads(info.stdout)
+    assert meta["architecture"] == "Compact" and meta["srdistill"]["teacher"]["architecture"] == "Compact"
+    assert meta["srdistill"]["metrics"]["val"]["psnr"] == pytest.approx(doc["best"]["psnr"])
+    assert "srdistill distill" in meta["srdistill"]["config"]["command"]
+    # the training checkpoint is a plain tensor file that loads safely
+    assert torch.load(tmp_path / "cli.ckpt", weights_only=True)["step"] == 6
+    # second run without --overwrite: refused, exit 1, one line
+    r2 = CliRunner().invoke(app, ["distill", str(teacher_path), "--student-width", "8", "--data", str(data_dir),
+                                  "--steps", "2", "-o", str(out)])
+    assert r2.exit_code == 1 and r2.stderr.strip().startswith("error:") and "Traceback" not in r2.output

@@ -45,6 +45,28 @@ class DistContext:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return int(t.item())
 
+    def _dev(self):
+        return self.device if self.device.type == "cuda" else "cpu"
+
+    def sum(self, values: list[float]) -> list[float]:
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self._dev())
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def all_true(self, flag: bool) -> bool:
+        import torch.distributed as dist
+
+        t = torch.tensor([1 if flag else 0], device=self._dev())
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t.item())
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
+
     def mean(self, value: float) -> float:
         import torch.distributed as dist
 

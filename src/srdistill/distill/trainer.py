@@ -32,7 +32,8 @@ from .losses import (Adapters, FeatureTaps, LossWeights, PatchDiscriminator, fea
                      pixel_loss)
 
 NAN_HOOK_ENV = "SRDISTILL_TEST_NAN_AT_STEP"  # test hook: inject a NaN loss at this step
-SIGNAL_HOOK_ENV = "SRDISTILL_TEST_SIGTERM_AT_STEP"  # test hook: behave as if SIGTERM arrived after this step
+SIGNAL_HOOK_ENV = "SRDISTILL_TEST_SIGTERM_AT_STEP"
+RANK_DUMP_ENV = "SRDISTILL_TEST_DUMP_RANK_WEIGHTS"  # test hook: each rank saves its final weights here  # test hook: behave as if SIGTERM arrived after this step
 CKPT_FORMAT = 1
 
 
@@ -309,17 +310,25 @@ def distill(cfg: DistillConfig, reporter: Reporter = NULL) -> DistillResult:
         raise UsageError(f"--out must end in .safetensors, not {paths['out'].name!r}")
 
     lock = RunLock(paths["lock"])
+    startup_error: SrDistillError | None = None
     if ctx.is_main:
-        if cfg.resume:
-            if not paths["ckpt"].exists():
-                raise UsageError(f"--resume: no checkpoint {str(paths['ckpt'])!r} to resume from",
-                                 hint="run without --resume to start fresh")
-        else:
-            check_writable(paths["out"], overwrite=cfg.overwrite)
-            if paths["ckpt"].exists() and not cfg.overwrite:
-                raise OutputExistsError(f"a checkpoint of an earlier run exists: {str(paths['ckpt'])!r}",
-                                        hint="pass --resume to continue it, or --overwrite to start over")
-        lock.acquire()
+        try:
+            if cfg.resume:
+                if not paths["ckpt"].exists():
+                    raise UsageError(f"--resume: no checkpoint {str(paths['ckpt'])!r} to resume from",
+                                     hint="run without --resume to start fresh")
+            else:
+                check_writable(paths["out"], overwrite=cfg.overwrite)
+                if paths["ckpt"].exists() and not cfg.overwrite:
+                    raise OutputExistsError(f"a checkpoint of an earlier run exists: {str(paths['ckpt'])!r}",
+                                            hint="pass --resume to continue it, or --overwrite to start over")
+            lock.acquire()
+        except SrDistillError as e:
+            startup_error = e
+    if ctx.enabled and not ctx.all_true(startup_error is None) and startup_error is None:
+        raise TrainingError("rank 0 could not start the run; see its error")
+    if startup_error is not None:
+        raise startup_error
     try:
         return _run(cfg, rep, ctx, device, precision, paths, load_model, build_student, compression, save_student,
                     get_family, PatchSampler, builtin_train_dir, builtin_val_dir, fill_teacher_cache,
@@ -384,7 +393,10 @@ def _run(cfg, rep, ctx, device, precision, paths, load_model, build_student, com
     crit = pixel_loss(cfg.loss)
     rep.info(weights.formula())
 
-    use_cache = cfg.teacher_cache
+    needs_teacher = bool({"kd", "feature", "adv"} & set(weights.terms()))
+    if not needs_teacher:
+        rep.info("alpha 0: ground truth only, the teacher is not used (training from scratch)")
+    use_cache = cfg.teacher_cache and needs_teacher
     cache_info: dict[str, Any] = {"enabled": use_cache}
     if use_cache:
         t0 = time.monotonic()
@@ -516,13 +528,18 @@ def _run(cfg, rep, ctx, device, precision, paths, load_model, build_student, com
                      metrics=metrics, extra={"data": stats.to_dict()})
 
     def validate(step: int) -> dict:
+        """Mean Y-PSNR/SSIM of the EMA student; under torchrun each rank scores a shard, then all-reduce."""
         from ..evaluate import score_pairs
 
         ema_model = copy.copy(student)
         ema_model.module = ema.module
-        res = score_pairs(ema_model, val_pairs, teacher.scale, device=device)
-        rec = {"step": step, "psnr": res["psnr"], "ssim": res["ssim"]}
-        return rec
+        mine = val_pairs[ctx.rank::world]
+        res = score_pairs(ema_model, mine, teacher.scale, device=device) if mine else {"images": []}
+        sums = [sum(r["psnr"] for r in res["images"]), sum(r["ssim"] for r in res["images"]),
+                float(len(res["images"]))]
+        if ctx.enabled:
+            sums = ctx.sum(sums)
+        return {"step": step, "psnr": sums[0] / sums[2], "ssim": sums[1] / sums[2]}
 
     step = start_step
     steps_done = 0
@@ -545,7 +562,7 @@ def _run(cfg, rep, ctx, device, precision, paths, load_model, build_student, com
                 try:
                     with autocast:
                         t_out = batch.target
-                        if t_out is None:
+                        if t_out is None and needs_teacher:
                             t_out = sampler.live_targets(mine, teacher.module, device)
                         if s_taps is not None:  # teacher features on the same (augmented) input
                             with torch.no_grad():
@@ -570,10 +587,14 @@ def _run(cfg, rep, ctx, device, precision, paths, load_model, build_student, com
                         hint="use a smaller --batch-size or --patch-size") from None
                 if nan_at and step + 1 == nan_at:
                     loss = loss * float("nan")
-                if not torch.isfinite(loss.detach()):
+                finite = bool(torch.isfinite(loss.detach()))
+                if ctx.enabled:  # every rank stops together, none waits forever in the all-reduce
+                    finite = ctx.all_true(finite)
+                if not finite:
                     kept = (f"the last good checkpoint {paths['ckpt'].name} is intact"
                             if paths["ckpt"].exists() else "no checkpoint was written yet")
-                    raise TrainingError(f"the loss became {loss.item()} at step {step + 1}; stopping ({kept})",
+                    raise TrainingError(f"the loss became non-finite ({loss.item()}) at step {step + 1}; "
+                                        f"stopping ({kept})",
                                         hint="lower --lr, or use --precision fp32")
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -626,10 +647,14 @@ def _run(cfg, rep, ctx, device, precision, paths, load_model, build_student, com
                     write_ckpt(step)
                     raise Interrupted(f"stopped at step {step}; checkpoint saved to {paths['ckpt']} "
                                       "(continue with --resume)", signum=int(stop))
-        if not val_pairs:
+        if not val_pairs or best is None:
             save_output(step, None)
-        elif best is None:
-            save_output(step, None)
+        dump = os.environ.get(RANK_DUMP_ENV)
+        if dump:  # test hook: every rank leaves its final weights, to check that ranks agree
+            Path(dump).mkdir(parents=True, exist_ok=True)
+            torch.save(student.module.state_dict(), Path(dump) / f"rank{ctx.rank}.pt")
+        if ctx.enabled:
+            ctx.barrier()
     finally:
         if log_f:
             log_f.write(json.dumps({"event": "end", "step": step, "time": time.time()}) + "\n")

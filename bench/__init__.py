@@ -1,0 +1,1 @@
+"""srdistill's benchmarks: ``python -m bench all`` (or one name) runs them and rewrites BENCHMARKS.md."""

@@ -35,6 +35,18 @@ class ModelInfo:
         return asdict(self)
 
 
+def _plain(v: Any) -> Any:
+    """JSON-safe hyperparameters: spandrel keeps some as callables/classes (RCAN's ``conv``, SwinIR's ``norm_layer``)."""
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    name = getattr(v, "__qualname__", None) or getattr(v, "__name__", None)
+    return name if isinstance(name, str) else str(v)
+
+
 def model_info(path: str | os.PathLike) -> ModelInfo:
     p = Path(path)
     if p.suffix.lower() == ".onnx":
@@ -69,6 +81,6 @@ def model_info(path: str | os.PathLike) -> ModelInfo:
         output_channels=m.output_channels,
         size_requirements={"minimum": m.min_size, "multiple_of": m.multiple_of, "square": m.square},
         fp16_safe=m.supports_half, bf16_safe=m.supports_bfloat16, tiling=m.tiling,
-        hyperparameters=m.hyperparameters, srdistill=m.srdistill,
+        hyperparameters=_plain(m.hyperparameters), srdistill=m.srdistill,
         modelspec={k[10:]: v for k, v in m.metadata.items() if k.startswith("modelspec.")}, sha256=m.sha256,
     )

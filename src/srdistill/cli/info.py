@@ -33,7 +33,7 @@ def info_cmd(
             return
         t = Table(title=str(model), show_header=False, box=None, pad_edge=False)
         t.add_column(style="bold")
-        t.add_column()
+        t.add_column(overflow="fold")  # wrap, never cut: the sha256 is there to be copied
         t.add_row("architecture", str(info.architecture))
         t.add_row("format", info.format)
         t.add_row("scale", f"x{info.scale}")
@@ -43,7 +43,7 @@ def info_cmd(
             t.add_row("parameters", _fmt(info.params) + extra)
         for k, v in info.knobs.items():
             if isinstance(v, dict):
-                t.add_row(k, f"{v['value']}  ({v['name']})")
+                t.add_row(k, f"{v['value']}  ({str(v['name']).strip('()')})")
             else:
                 t.add_row(k, str(v))
         if info.input_channels is not None:

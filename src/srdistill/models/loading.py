@@ -9,6 +9,7 @@ EDSR), check the weights, and describe the model.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import pickle
@@ -286,9 +287,13 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 def _describe(desc: Any, *, metadata: dict | None = None, path: Path | None = None,
               sha256: str | None = None) -> SRModel:
     sr = desc.size_requirements
+    arch = str(desc.architecture.id)
+    if arch == "PLKSR" and type(desc.model).__name__ == "RealPLKSR":
+        # spandrel files both under one id; their constructors (and our family knobs) differ
+        arch = "RealPLKSR"
     return SRModel(
         module=desc.model,
-        architecture=str(desc.architecture.id),
+        architecture=arch,
         scale=int(desc.scale),
         input_channels=int(desc.input_channels),
         output_channels=int(desc.output_channels),
@@ -299,11 +304,23 @@ def _describe(desc: Any, *, metadata: dict | None = None, path: Path | None = No
         supports_bfloat16=bool(desc.supports_bfloat16),
         tiling=str(desc.tiling.name).lower(),
         purpose=str(desc.purpose),
-        hyperparameters=dict(getattr(desc.model, "hyperparameters", {}) or {}),
+        hyperparameters=_hyperparameters(desc.model),
         metadata=dict(metadata or {}),
         path=path,
         sha256=sha256,
     )
+
+
+def _hyperparameters(module: nn.Module) -> dict:
+    """The constructor arguments, less callables left at their defaults (RCAN's ``conv``, SwinIR's
+    ``norm_layer``): detection never sets those, and without them the dict is plain JSON, which
+    metadata, checkpoints and ``info --json`` need. Building from the dict gives the same model."""
+    hp = dict(getattr(module, "hyperparameters", {}) or {})
+    try:
+        defaults = {k: p.default for k, p in inspect.signature(type(module).__init__).parameters.items()}
+    except (TypeError, ValueError):
+        return hp
+    return {k: v for k, v in hp.items() if not (callable(v) and k in defaults and defaults[k] is v)}
 
 
 def model_from_state_dict(state: dict[str, torch.Tensor], *, name: str = "state dict",
@@ -320,7 +337,9 @@ def model_from_state_dict(state: dict[str, torch.Tensor], *, name: str = "state 
             hint="supported families: " + ", ".join(supported_architectures()),
         ) from None
     except (KeyError, RuntimeError, ValueError, IndexError, TypeError, AssertionError, ZeroDivisionError) as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0]
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+        # torch's load_state_dict puts the offending keys on the lines after its headline
+        first = " ".join(lines[1:]) if lines[0].startswith("Error(s) in loading state_dict") else lines[0]
         if len(first) > 300:
             first = first[:300] + "..."
         raise ModelLoadError(f"{name} matches a known layout but its weights do not fit it "
@@ -334,10 +353,21 @@ def model_from_state_dict(state: dict[str, torch.Tensor], *, name: str = "state 
         raise UnsupportedModelError(
             f"{name} is a {model.architecture} {model.purpose.lower()} model with scale {model.scale}: "
             "srdistill needs a super-resolution model (scale 2, 3 or 4)")
+    if model.architecture in _INPLACE_INPUT:
+        model.module.register_forward_pre_hook(_clone_input)
     model.module.eval()
     for p in model.module.parameters():
         p.requires_grad_(True)
     return model
+
+
+# Architectures whose forward writes into its input tensor (spandrel's RCAN does ``x *= rgb_range``):
+# without a copy, running the teacher would scale the caller's batch by 255 before the student sees it.
+_INPLACE_INPUT = {"RCAN"}
+
+
+def _clone_input(module: nn.Module, args: tuple) -> tuple:
+    return (args[0].clone(), *args[1:])
 
 
 def _check_weights(model: SRModel, raw: dict, name: str) -> None:

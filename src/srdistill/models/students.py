@@ -86,6 +86,10 @@ def student_spec(teacher: SRModel, width: int, depth: int | None = None, arch: s
         kwargs["num_heads"] = [heads] * depth
     elif family.depth is not None:
         kwargs[family.depth] = depth
+    if family.id == "RCAN" and width // int(kwargs.get("reduction", 16)) < 1:
+        # spandrel reads reduction as n_feats // (channel-attention width), so a narrow teacher
+        # (24 features -> 1 channel) yields reduction 24: keep the student's attention at 1 channel
+        kwargs["reduction"] = width
     return StudentSpec(family, kwargs, width, depth, cross_family=not same)
 
 
@@ -99,7 +103,7 @@ def build_student(teacher: SRModel, width: int, depth: int | None = None, arch: 
     # Round trip through the loader: proves the student is detected (so it loads in spandrel,
     # chaiNNer, ComfyUI) and gives the same description a saved file will get.
     model = model_from_state_dict(module.state_dict(), name=f"{spec.family.id} student")
-    if model.architecture not in (spec.family.id, "RealPLKSR", "PLKSR"):
+    if model.architecture != spec.family.id:
         raise UsageError(f"a {spec.describe()} student is detected as {model.architecture}; choose another spec")
     model.module.train()
     return model

@@ -11,8 +11,11 @@ are in circulation and both load:
   ``upsample.{0,2}``, ``conv_last``; works on [0, 1] with ``img_range`` 255.
 
 Both are converted to the BasicSR layout, which is what this module computes on
-[0, 1] input. ``res_scale`` is not stored in checkpoints: the official large
-models (256 features) use 0.1, the baselines 1.0; we follow that convention.
+[0, 1] input. A model whose normalisation is not BasicSR's (img_range 255, DIV2K
+mean) -- an EDSR-PyTorch model trained with ``--rgb_range 1``, say -- also keeps
+``mean`` and ``img_range`` in its state dict, so that it saves and reloads as itself.
+``res_scale`` is not stored in checkpoints: the official large models (256
+features) use 0.1, the baselines 1.0; we follow that convention.
 """
 
 from __future__ import annotations
@@ -73,9 +76,16 @@ class EDSR(nn.Module):
         rgb_mean: tuple[float, float, float] = DIV2K_MEAN,
     ):
         super().__init__()
-        self.img_range = img_range
-        self.register_buffer("mean", torch.tensor(rgb_mean[:num_in_ch] if num_in_ch <= 3 else [0.0] * num_in_ch,
-                                                  dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        mean = torch.tensor(rgb_mean[:num_in_ch] if num_in_ch <= 3 else [0.0] * num_in_ch,
+                            dtype=torch.float32).view(1, -1, 1, 1)
+        # The usual normalisation (255, DIV2K mean) is implied, as in BasicSR's files; any other is
+        # stored in the state dict, so that a saved model reloads with the normalisation it computes with.
+        standard = _is_standard(img_range, rgb_mean, num_in_ch)
+        self.register_buffer("mean", mean, persistent=not standard)
+        if standard:
+            self.img_range = img_range
+        else:
+            self.register_buffer("img_range", torch.tensor(float(img_range)))
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
         self.body = nn.Sequential(*[ResidualBlockNoBN(num_feat, res_scale) for _ in range(num_block)])
         self.conv_after_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
@@ -90,6 +100,11 @@ class EDSR(nn.Module):
         res = res + x
         x = self.conv_last(self.upsample(res))
         return x / self.img_range + mean
+
+
+def _is_standard(img_range: float, rgb_mean, num_in_ch: int) -> bool:
+    return float(img_range) == 255.0 and (
+        num_in_ch > 3 or all(abs(a - b) < 1e-6 for a, b in zip(rgb_mean, DIV2K_MEAN[:num_in_ch])))
 
 
 _EDSR_PYTORCH = re.compile(r"^body\.(\d+)\.body\.([02])\.(weight|bias)$")
@@ -150,8 +165,16 @@ class EDSRArch(Architecture[EDSR]):
             converted, img_range, rgb_mean = convert_edsr_pytorch(state_dict)
             state_dict.clear()
             state_dict.update(converted)
+        if "img_range" in state_dict:  # a non-standard normalisation saved by our EDSR
+            img_range = float(state_dict["img_range"])
+        if "mean" in state_dict:
+            rgb_mean = tuple(float(v) for v in state_dict["mean"].flatten())
         num_feat, num_in_ch = state_dict["conv_first.weight"].shape[:2]
         num_out_ch = state_dict["conv_last.weight"].shape[0]
+        if _is_standard(img_range, rgb_mean, int(num_in_ch)):
+            img_range, rgb_mean = 255.0, DIV2K_MEAN  # exact values, not their float32 round-off
+            state_dict.pop("img_range", None)
+            state_dict.pop("mean", None)
         num_block = 0
         while f"body.{num_block}.conv1.weight" in state_dict:
             num_block += 1
@@ -174,6 +197,9 @@ class EDSRArch(Architecture[EDSR]):
             img_range=img_range,
             rgb_mean=tuple(rgb_mean),
         )
+        for k, v in model.state_dict().items():  # the normalisation an EDSR-PyTorch file held in sub_mean
+            if k in ("mean", "img_range"):
+                state_dict.setdefault(k, v)
         return ImageModelDescriptor(
             model,
             state_dict,

@@ -227,3 +227,17 @@ def test_cli_distill_json_and_saved_files_load_with_info(teacher_path, data_dir,
     r2 = CliRunner().invoke(app, ["distill", str(teacher_path), "--student-width", "8", "--data", str(data_dir),
                                   "--steps", "2", "-o", str(out)])
     assert r2.exit_code == 1 and r2.stderr.strip().startswith("error:") and "Traceback" not in r2.output
+
+
+def test_div2k_paired_layout_is_used_as_given(data_dir, tmp_path):
+    hr = tmp_path / "DIV2K_HR"
+    (hr / "X2").mkdir(parents=True)
+    for i, f in enumerate(sorted(data_dir.iterdir())[:3]):
+        im = PILImage.open(f)
+        im.save(hr / f"{i:04d}.png")
+        # a deliberately different LR (box filter): it must be used as is, not remade with bicubic
+        im.resize((im.width // 2, im.height // 2), PILImage.BOX).save(hr / "X2" / f"{i:04d}x2.png")
+    images, stats = load_train_images([hr], 2, 16)
+    assert stats.paired == 3 and stats.found == 3  # the X2 folder is not read as HR data
+    given = np.array(PILImage.open(hr / "X2" / "0000x2.png"))
+    assert np.array_equal(images[0].lr.permute(1, 2, 0).numpy(), given)

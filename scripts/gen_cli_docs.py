@@ -1,0 +1,64 @@
+"""Regenerate the command reference in README.md from the CLI's own definitions.
+
+    python scripts/gen_cli_docs.py          # rewrite README.md between the cli markers
+    python scripts/gen_cli_docs.py --check  # exit 1 if README.md is out of date
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from srdistill.cli import app
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BEGIN, END = "<!-- cli:begin -->", "<!-- cli:end -->"
+
+
+def render() -> str:
+    group = typer.main.get_command(app)
+    out = []
+    for name, cmd in group.commands.items():
+        args = [p for p in cmd.params if p.param_type_name == "argument"]
+        opts = [p for p in cmd.params if p.param_type_name == "option" and p.name != "help"]
+        usage = " ".join([f"srdistill {name}"] + [a.name.upper() + ("..." if a.nargs == -1 else "") for a in args]
+                         + ["[OPTIONS]"])
+        out += [f"### `srdistill {name}`", "", (cmd.help or "").strip().replace("\n", " "), "",
+                f"```\n{usage}\n```", "", "| option | meaning | default |", "|---|---|---|"]
+        for a in args:
+            out.append(f"| `{a.name.upper()}` | {(getattr(a, 'help', '') or '').replace('|', '/')} | required |")
+        for o in opts:
+            names = ", ".join(f"`{x}`" for x in [*o.opts, *o.secondary_opts])
+            empty = o.default is None or o.default is False or (isinstance(o.default, (list, tuple)) and not o.default)
+            default = "" if empty or o.required else f"`{o.default}`"
+            if o.is_flag and o.secondary_opts:
+                default = f"`{o.opts[0] if o.default else o.secondary_opts[0]}`"
+            if o.required:
+                default = "required"
+            out.append(f"| {names} | {(o.help or '').replace('|', '/')} | {default} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> int:
+    text = README.read_text()
+    if BEGIN not in text or END not in text:
+        print("README.md has no cli markers", file=sys.stderr)
+        return 1
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{BEGIN}\n{render()}\n{END}{tail}"
+    if "--check" in sys.argv:
+        if new != text:
+            print("README.md command reference is out of date: run python scripts/gen_cli_docs.py",
+                  file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""Every benchmark runs end to end at toy size, so bench/ never rots (results go to *_quick.json)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+pytestmark = [pytest.mark.slow, pytest.mark.shared]
+
+
+@pytest.fixture(autouse=True)
+def _needs_shared(shared_dir, monkeypatch, tmp_path):
+    import bench.common as common
+
+    monkeypatch.setattr(common, "SHARED", shared_dir)
+    monkeypatch.setattr(common, "RESULTS", tmp_path)  # never touch the real results
+
+
+@pytest.mark.parametrize("name", ["eval_correctness", "distill_speed", "kd_vs_scratch", "inference"])
+def test_benchmark_runs_at_toy_size(name, tmp_path, monkeypatch):
+    import importlib
+
+    mod = importlib.import_module(f"bench.{name}")
+    if hasattr(mod, "SHARED"):
+        import bench.common as common
+
+        monkeypatch.setattr(mod, "SHARED", common.SHARED)
+    doc = mod.run(quick=True)
+    assert doc["results"]
+    written = json.loads((tmp_path / f"{name}_quick.json").read_text())
+    assert written["machine"]["cores"] >= 1
+
+
+def test_report_renders_from_results(tmp_path):
+    from bench import report
+
+    (tmp_path / "eval_correctness.json").write_text(json.dumps({
+        "machine": {"date": "2026-01-01", "cpu": "x", "cores": 2, "torch_threads": 2, "gpu": None, "python": "3",
+                    "torch": "t", "onnxruntime": "o"},
+        "results": {"Set5 x4": {"psnr": 28.43, "ssim": 0.811, "published_psnr": 28.42, "published_ssim": 0.8104,
+                                "delta_psnr": 0.01, "delta_ssim": 0.0006, "images": 5}}}))
+    out = report.write_report(tmp_path / "B.md")
+    text = out.read_text()
+    assert "28.430" in text and "Not measured yet" in text

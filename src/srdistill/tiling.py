@@ -371,18 +371,26 @@ def auto_tile(
     reporter: Reporter | None = None,
     device: Any = None,
     out_device: Any = None,
+    initial: int | None | str = "guess",
 ) -> tuple[torch.Tensor, int | None]:
     """Upscale with a tile size that fits in memory; returns ``(output, tile_used)``.
 
     Starts from :func:`initial_tile_size` (None = whole image); on out-of-memory
     (``torch.OutOfMemoryError``, a RuntimeError saying so, MemoryError) halves the
     tile and retries, down to ``floor`` pixels, then raises :class:`SrDistillError`.
-    ``tile_used`` lets a caller reuse the size for the next image of a batch.
+    ``tile_used`` lets a caller reuse the size for the next image of a batch: pass it
+    back as ``initial`` (a tile size, or None for the whole image) to start from it
+    instead of the :func:`initial_tile_size` guess.
     """
     _check_args(x, scale, overlap, min_size, multiple_of)
     rep = reporter or NULL
     h, w = int(x.shape[-2]), int(x.shape[-1])
-    tile = initial_tile_size(x, scale, device=device, start=start, floor=floor)
+    if isinstance(initial, str):
+        if initial != "guess":
+            raise ValueError(f"initial must be a tile size, None or 'guess', got {initial!r}")
+        tile = initial_tile_size(x, scale, device=device, start=start, floor=floor)
+    else:
+        tile = None if not initial else max(1, int(initial))
     while True:
         failed: int | None
         try:

@@ -1,0 +1,759 @@
+"""Upscale image files with a super-resolution model (the library behind ``srdistill upscale``).
+
+One path for every model and file: the model (an srdistill student, any checkpoint
+the loader knows, or an exported ``.onnx``) is run through the seamless tiling engine
+(:mod:`srdistill.tiling`) on images read and written by :mod:`srdistill.data.images`
+(RGB, RGBA, grayscale, palette, 16-bit PNG, EXIF orientation, ICC profile).
+
+* :func:`upscale_image` upscales one :class:`~srdistill.data.images.Image` in memory.
+* :func:`upscale_files` expands files, folders and globs, plans every output path
+  before any work (refusing collisions and outputs that would replace an input),
+  then upscales file by file: a file that cannot be read or upscaled is reported and
+  skipped, the rest go on; the :class:`UpscaleResult` lists every file.
+
+Flag vocabulary follows Real-ESRGAN's inference script (``--tile``, ``--tile-overlap``
+(its ``--tile_pad``), ``--outscale``, ``--suffix``, ``--ext``). Library code never
+prints: it raises :mod:`srdistill.errors` types and reports through a ``Reporter``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob as _glob
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+
+from .data.images import (
+    DEFAULT_MAX_PIXELS,
+    WRITE_FORMATS,
+    IMAGE_EXTENSIONS,
+    Image,
+    list_images,
+    output_format,
+    read_image,
+    write_image,
+)
+from .errors import ModelLoadError, OutputExistsError, SrDistillError, UnsupportedModelError, UsageError
+from .progress import NULL, Reporter, Task
+from .tiling import auto_tile, initial_tile_size, upscale_tensor
+
+__all__ = [
+    "ALPHA_MODES",
+    "BACKENDS",
+    "OUTPUT_EXTS",
+    "FileResult",
+    "UpscaleOptions",
+    "UpscaleResult",
+    "default_model_path",
+    "load_upscale_model",
+    "output_size",
+    "upscale_files",
+    "upscale_image",
+]
+
+BACKENDS = ("auto", "onnx", "torch")
+ALPHA_MODES = ("bicubic", "model")
+#: ``--ext`` values (``auto``: keep the input's extension when it can be written, else png).
+OUTPUT_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "auto")
+#: Smallest explicit ``--tile`` (0 turns tiling off); smaller tiles are almost all overlap.
+MIN_TILE = 8
+
+
+# --------------------------------------------------------------------------- options and results
+
+
+@dataclass
+class UpscaleOptions:
+    """What ``srdistill upscale`` was asked to do (defaults are the CLI's)."""
+
+    model: str | os.PathLike | None = None  # None: default_model_path()
+    output: str | os.PathLike | None = None  # None: next to each input; a file (one input) or a folder
+    recursive: bool = False
+    tile: int | str | None = "auto"  # "auto", 0/None (whole image), or LR pixels per tile
+    tile_overlap: int = 16
+    backend: str = "auto"  # auto (.onnx -> onnxruntime, else torch), onnx, torch
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    threads: int | None = None
+    outscale: float | None = None  # final size = outscale x input size; None: the model's scale
+    suffix: str | None = None  # None: "_x{outscale:g}"
+    ext: str | None = None  # None: png (or the extension of an -o file)
+    alpha: str = "bicubic"  # how alpha is upscaled: bicubic (imresize) or model
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # refuse larger images before decoding; 0/None: no limit
+    overwrite: bool = False
+    quality: int = 95  # JPEG/WebP quality
+
+    def validate(self) -> None:
+        """Raise :class:`UsageError` (exit 2) for a bad value, before any work."""
+        self.tile = parse_tile(self.tile)
+        if isinstance(self.tile_overlap, bool) or not isinstance(self.tile_overlap, int) or self.tile_overlap < 0:
+            raise UsageError(f"--tile-overlap must be 0 or more pixels, got {self.tile_overlap!r}")
+        self.backend = str(self.backend or "auto").strip().lower()
+        if self.backend not in BACKENDS:
+            raise UsageError(f"invalid --backend {self.backend!r}", hint="use auto, onnx or torch")
+        if self.threads is not None and (isinstance(self.threads, bool) or int(self.threads) < 1):
+            raise UsageError(f"--threads must be 1 or more, got {self.threads!r}")
+        if self.outscale is not None:
+            try:
+                f = float(self.outscale)
+            except (TypeError, ValueError):
+                raise UsageError(f"--outscale must be a number, got {self.outscale!r}") from None
+            if not math.isfinite(f) or f <= 0:
+                raise UsageError(f"--outscale must be a positive number, got {self.outscale!r}")
+            self.outscale = f
+        if self.suffix is not None and ("/" in self.suffix or os.sep in self.suffix or "\0" in self.suffix):
+            raise UsageError(f"--suffix {self.suffix!r} must not contain a path separator", hint="use -o for folders")
+        if self.ext is not None:
+            e = str(self.ext).strip().lower().lstrip(".")
+            if e not in OUTPUT_EXTS:
+                raise UsageError(f"invalid --ext {self.ext!r}", hint="use png, jpg, webp or auto")
+            self.ext = e
+        self.alpha = str(self.alpha or "bicubic").strip().lower()
+        if self.alpha not in ALPHA_MODES:
+            raise UsageError(f"invalid --alpha {self.alpha!r}", hint="use bicubic or model")
+        if self.max_pixels is not None and int(self.max_pixels) < 0:
+            raise UsageError(f"--max-pixels must be 0 (no limit) or more, got {self.max_pixels}")
+        if not 1 <= int(self.quality) <= 100:
+            raise UsageError(f"quality must be 1..100, got {self.quality}")
+
+
+def parse_tile(tile: Any) -> int | str | None:
+    """``"auto"``, None (no tiling: ``0`` or None) or a tile size of at least :data:`MIN_TILE`."""
+    if tile is None:
+        return None
+    if isinstance(tile, str):
+        s = tile.strip().lower()
+        if s == "auto":
+            return "auto"
+        try:
+            tile = int(s)
+        except ValueError:
+            raise UsageError(f"invalid --tile {tile!r}", hint="use a number of pixels, 0 (no tiling) or auto") from None
+    if isinstance(tile, bool) or not isinstance(tile, int):
+        raise UsageError(f"invalid --tile {tile!r}", hint="use a number of pixels, 0 (no tiling) or auto")
+    if tile < 0:
+        raise UsageError(f"--tile must be 0 (no tiling), auto or a positive size, got {tile}")
+    if 0 < tile < MIN_TILE:
+        raise UsageError(f"--tile {tile} is too small", hint=f"use at least {MIN_TILE} pixels, 0 (no tiling) or auto")
+    return tile or None
+
+
+@dataclass
+class FileResult:
+    """What happened to one input file."""
+
+    input: str
+    output: str | None
+    status: str  # "ok", "failed" or "skipped"
+    error: str | None = None
+    input_size: tuple[int, int] | None = None  # (width, height), after EXIF orientation
+    output_size: tuple[int, int] | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "input": self.input,
+            "output": self.output,
+            "status": self.status,
+            "error": self.error,
+            "input_size": list(self.input_size) if self.input_size else None,
+            "output_size": list(self.output_size) if self.output_size else None,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+@dataclass
+class UpscaleResult:
+    """Every file's outcome plus totals; ``exit_code`` is 1 when any file was not written."""
+
+    files: list[FileResult]
+    model: dict
+    outscale: float
+    tile: Any
+    tile_overlap: int
+    seconds: float = 0.0
+    dropped: list[str] = field(default_factory=list)  # inputs left out: outputs of other inputs
+    tile_used: int | None = None  # the last image's tile size (None: whole image)
+
+    def count(self, status: str) -> int:
+        return sum(1 for f in self.files if f.status == status)
+
+    @property
+    def ok(self) -> int:
+        return self.count("ok")
+
+    @property
+    def failed(self) -> int:
+        return self.count("failed")
+
+    @property
+    def skipped(self) -> int:
+        return self.count("skipped")
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok == len(self.files) else 1
+
+    @property
+    def input_megapixels(self) -> float:
+        return sum(f.input_size[0] * f.input_size[1] for f in self.files if f.status == "ok" and f.input_size) / 1e6
+
+    @property
+    def output_megapixels(self) -> float:
+        return sum(f.output_size[0] * f.output_size[1] for f in self.files if f.status == "ok" and f.output_size) / 1e6
+
+    @property
+    def busy_seconds(self) -> float:
+        """Seconds spent on the files that were written (read + upscale + write)."""
+        return sum(f.seconds for f in self.files if f.status == "ok")
+
+    @property
+    def output_mp_per_s(self) -> float | None:
+        s = self.busy_seconds
+        return self.output_megapixels / s if s > 0 else None
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "outscale": self.outscale,
+            "tile": self.tile,
+            "tile_overlap": self.tile_overlap,
+            "tile_used": self.tile_used,
+            "files": [f.to_dict() for f in self.files],
+            "dropped_inputs": self.dropped,
+            "totals": {
+                "files": len(self.files),
+                "ok": self.ok,
+                "failed": self.failed,
+                "skipped": self.skipped,
+                "seconds": round(self.seconds, 4),
+                "input_megapixels": round(self.input_megapixels, 6),
+                "output_megapixels": round(self.output_megapixels, 6),
+                "output_megapixels_per_second": (None if self.output_mp_per_s is None
+                                                 else round(self.output_mp_per_s, 6)),
+            },
+            "exit_code": self.exit_code,
+        }
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def default_model_path(backend: str = "auto") -> Path:
+    """The bundled model ``upscale`` uses without ``-m``.
+
+    In order: the default student exported to ONNX (fast path), the default student
+    checkpoint, the bundled DCTLSA x4 teacher; the first that exists. ``backend``
+    "onnx" only takes the ONNX file, "torch" only checkpoints.
+    """
+    from . import assets  # read the names at call time: tests and new assets change them
+
+    candidates = []
+    if backend in ("auto", "onnx"):
+        candidates.append(Path(assets.DEFAULT_MODEL_ONNX))
+    if backend in ("auto", "torch"):
+        candidates += [Path(assets.DEFAULT_MODEL), Path(assets.BUNDLED_TEACHER)]
+    for p in candidates:
+        if p.is_file():
+            return p
+    if backend == "onnx":
+        raise UsageError("--backend onnx: no bundled ONNX model is installed",
+                         hint="pass an .onnx file with -m, or use --backend auto")
+    raise ModelLoadError("no bundled default model found in the installed package", hint="pass a model with -m")
+
+
+def _is_onnx(path: Path) -> bool:
+    return path.suffix.lower() == ".onnx"
+
+
+def _resolve_device(name: str) -> torch.device:
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: no CUDA device is available", hint="use --device cpu or auto")
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            raise UsageError(f"invalid --device {name!r}", hint="use auto, cpu, cuda or cuda:N") from None
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return dev
+    raise UsageError(f"invalid --device {name!r}", hint="use auto, cpu, cuda or cuda:N")
+
+
+def _onnx_device(name: str) -> str:
+    """onnxruntime has its own CUDA support (onnxruntime-gpu): pick cpu/cuda for it."""
+    import onnxruntime as ort
+
+    name = (name or "auto").strip().lower()
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if name == "auto":
+        return "cuda" if has_cuda and torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    if name.startswith("cuda"):
+        if not has_cuda:
+            raise UsageError(f"--device {name}: this onnxruntime has no CUDA support",
+                             hint="install onnxruntime-gpu, or use --device cpu or --backend torch")
+        return name
+    raise UsageError(f"invalid --device {name!r}", hint="use auto, cpu, cuda or cuda:N")
+
+
+def load_upscale_model(path: str | os.PathLike | None = None, *, backend: str = "auto", device: str = "auto",
+                       threads: int | None = None) -> tuple[Any, dict]:
+    """Load the model for upscaling; returns ``(model, description)``.
+
+    ``backend`` "auto" runs ``.onnx`` files with onnxruntime and checkpoints with torch;
+    "onnx" needs an ``.onnx`` file (export a checkpoint with ``srdistill export`` first),
+    "torch" a checkpoint. ``device`` "cuda" without a CUDA device is a UsageError.
+    """
+    from .onnx_model import load_any
+
+    backend = (backend or "auto").lower()
+    p = Path(path) if path is not None else default_model_path(backend)
+    onnx = _is_onnx(p)
+    if backend == "onnx" and not onnx:
+        raise UsageError(f"--backend onnx runs .onnx files; {p.name} is a checkpoint",
+                         hint=f"export it first with 'srdistill export {p}', or use --backend torch")
+    if backend == "torch" and onnx:
+        raise UsageError(f"--backend torch cannot run the ONNX file {p.name}",
+                         hint="use --backend onnx (or auto), or pass the original checkpoint")
+    if onnx:
+        dev = _onnx_device(device)
+        model = load_any(p, device=dev, threads=threads)
+        providers = list(model.session.get_providers())
+        used = "cuda" if providers and providers[0] == "CUDAExecutionProvider" else "cpu"
+        desc = {"backend": "onnxruntime", "device": used, "providers": providers}
+    else:
+        dev = _resolve_device(device)
+        model = load_any(p, device=str(dev), threads=threads)
+        model.module.eval()
+        desc = {"backend": "torch", "device": str(dev)}
+    if int(getattr(model, "input_channels", 3) or 3) not in (1, 3):
+        raise UnsupportedModelError(f"{p.name} takes {model.input_channels}-channel input; "
+                                    "upscale runs RGB (3-channel) or grayscale (1-channel) models")
+    info = {
+        "path": str(p),
+        "name": p.name,
+        "architecture": str(getattr(model, "architecture", "?")),
+        "scale": int(model.scale),
+        **desc,
+    }
+    if getattr(model, "static_size", None):
+        info["static_size"] = list(model.static_size)
+    return model, info
+
+
+# --------------------------------------------------------------------------- one image
+
+
+class _Runner:
+    """Runs one model over images: the tiling plan, the tile that worked, the device."""
+
+    def __init__(self, model: Any, *, device: Any = None, tile: Any = "auto", overlap: int = 16,
+                 reporter: Reporter | None = None):
+        self.model = model
+        self.scale = int(model.scale)
+        self.rep = reporter or NULL
+        self.tile = parse_tile(tile)
+        self.overlap = int(overlap)
+        self.min_size = int(getattr(model, "min_size", 0) or 0)
+        self.multiple_of = int(getattr(model, "multiple_of", 1) or 1)
+        self.square = bool(getattr(model, "square", False))
+        self.onnx = hasattr(model, "session")
+        if device is None and not self.onnx:
+            device = getattr(model, "device", None)
+        self.device = None if self.onnx else (torch.device(device) if device is not None else None)
+        self._learned: Any = _UNSET  # the tile ``auto`` settled on after running out of memory
+        self.last_tile: Any = None
+        self.static = tuple(getattr(model, "static_size", None) or ()) or None
+        fn = self._call
+        if int(getattr(model, "input_channels", 3) or 3) == 1:
+            fn = self._per_channel
+        if self.static:
+            self._plan_static()
+            inner = fn
+            sh, sw = self.static
+
+            def fn(x: torch.Tensor) -> torch.Tensor:  # noqa: F811 - pad every tile to the fixed size
+                h, w = x.shape[-2:]
+                y = inner(_pad_to(x, sh, sw))
+                return y[..., : h * self.scale, : w * self.scale]
+
+        self.fn = fn
+
+    def _plan_static(self) -> None:
+        """A fixed-size ONNX model sees tiles of exactly that size: core + context <= size."""
+        sh, sw = self.static
+        side = min(sh, sw)
+        overlap = min(self.overlap, side // 4)
+        core = side - 2 * overlap
+        if isinstance(self.tile, int) and self.tile < core:
+            core = self.tile
+        if overlap < self.overlap:
+            self.rep.warn(f"the model takes fixed {sw}x{sh} inputs: tile overlap reduced to {overlap}px "
+                          f"(from {self.overlap})")
+        if self.tile is None:
+            self.rep.info(f"the model takes fixed {sw}x{sh} inputs: larger images are tiled anyway")
+        self.tile, self.overlap = core, overlap
+        # the padding to the fixed size happens in ``fn``; the engine must not pad further
+        self.min_size, self.multiple_of, self.square = 0, 1, False
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.model(x)
+        except Exception as e:
+            if self.onnx and not isinstance(e, MemoryError) and "allocat" in str(e).lower():
+                raise MemoryError(" ".join(str(e).split())[:200]) from e  # onnxruntime's OOM -> retry smaller
+            raise
+
+    def _per_channel(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self._call(x[:, i : i + 1]) for i in range(x.shape[1])], dim=1)
+
+    def sr(self, x: torch.Tensor, reporter: Reporter | None = None) -> torch.Tensor:
+        """(1, C, H, W) float32 on the CPU -> (1, C', H*scale, W*scale) float32 on the CPU."""
+        rep = reporter or self.rep
+        kw = dict(overlap=self.overlap, min_size=self.min_size, multiple_of=self.multiple_of, square=self.square,
+                  reporter=rep, device=self.device, out_device="cpu")
+        if self.tile != "auto":
+            self.last_tile = self.tile
+            return upscale_tensor(self.fn, x, self.scale, tile=self.tile, **kw)
+        if self._learned is _UNSET:
+            guess = initial_tile_size(x, self.scale, device=self.device)
+            y, used = auto_tile(self.fn, x, self.scale, initial=guess, **kw)
+            if used != guess:  # ran out of memory: start from what worked next time
+                self._learned = used
+        else:
+            y, used = auto_tile(self.fn, x, self.scale, initial=self._learned, **kw)
+            self._learned = used
+        self.last_tile = used
+        return y
+
+    def image(self, image: Image, *, outscale: float | None = None, alpha: str = "bicubic",
+              reporter: Reporter | None = None) -> Image:
+        from .data.resize import imresize
+
+        h, w = image.height, image.width
+        oh, ow = output_size(h, w, self.scale if outscale is None else outscale)
+        y = self.sr(image.to_tensor(), reporter)
+        if y.shape[1] not in (1, 3):
+            raise UnsupportedModelError(f"the model returned {y.shape[1]} channels; expected 3 (RGB) or 1 (gray)")
+        if tuple(y.shape[-2:]) != (oh, ow):
+            y = imresize(y, size=(oh, ow))
+        y = y.clamp_(0.0, 1.0)
+        a = None
+        at = image.alpha_tensor()
+        if at is not None:
+            if alpha == "model" and float(at.min()) < 1.0:
+                ya = self.sr(at.expand(-1, 3, -1, -1).contiguous(), reporter).mean(dim=1, keepdim=True)
+                if tuple(ya.shape[-2:]) != (oh, ow):
+                    ya = imresize(ya, size=(oh, ow))
+            elif float(at.min()) >= 1.0:
+                ya = torch.ones(1, 1, oh, ow)
+            else:
+                ya = imresize(at, size=(oh, ow))
+            a = ya.clamp_(0.0, 1.0)
+        return image.with_pixels(y, alpha=a)
+
+
+_UNSET = object()
+
+
+def _pad_to(x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
+    """Pad (N,C,h,w) on the bottom/right to (th, tw): reflect as far as possible, then replicate."""
+    import torch.nn.functional as F
+
+    h, w = x.shape[-2:]
+    ph, pw = th - h, tw - w
+    if ph < 0 or pw < 0:
+        raise SrDistillError(f"internal error: a {w}x{h} tile does not fit the model's fixed {tw}x{th} input")
+    if ph == 0 and pw == 0:
+        return x
+    rh, rw = min(ph, h - 1), min(pw, w - 1)
+    if rh > 0 or rw > 0:
+        x = F.pad(x, (0, rw, 0, rh), mode="reflect")
+    if ph - rh > 0 or pw - rw > 0:
+        x = F.pad(x, (0, pw - rw, 0, ph - rh), mode="replicate")
+    return x
+
+
+def output_size(h: int, w: int, outscale: float) -> tuple[int, int]:
+    """(height, width) of the result: ``int(side * outscale)`` as Real-ESRGAN does
+    (guarded against floating-point noise: 100 * 0.29 is 29), at least 1."""
+    return max(1, int(math.floor(h * outscale + 1e-6))), max(1, int(math.floor(w * outscale + 1e-6)))
+
+
+def upscale_image(model: Any, image: Image, *, tile: Any = "auto", overlap: int = 16, device: Any = None,
+                  outscale: float | None = None, alpha: str = "bicubic", reporter: Reporter | None = None) -> Image:
+    """Upscale one image in memory; returns a new :class:`Image` of the same kind.
+
+    ``model``: an SRModel or OnnxModel (anything with ``scale`` and ``__call__`` on NCHW
+    float tensors in [0, 1]). ``tile``: "auto", 0/None or a size in LR pixels.
+    ``outscale``: final size relative to the input (default: the model's scale),
+    resized with MATLAB bicubic (antialiased when shrinking). ``alpha``: "bicubic"
+    resizes the alpha plane, "model" runs it through the model as a gray image.
+    Grayscale stays grayscale, 16-bit stays 16-bit, ICC/EXIF are carried over.
+    """
+    if alpha not in ALPHA_MODES:
+        raise UsageError(f"invalid alpha mode {alpha!r}", hint="use bicubic or model")
+    if outscale is not None and (not math.isfinite(float(outscale)) or float(outscale) <= 0):
+        raise UsageError(f"outscale must be a positive number, got {outscale!r}")
+    runner = _Runner(model, device=device, tile=tile, overlap=overlap, reporter=reporter)
+    return runner.image(image, outscale=outscale, alpha=alpha, reporter=reporter)
+
+
+# --------------------------------------------------------------------------- planning outputs
+
+
+def _key(p: Path) -> str:
+    """One spelling per file: symlinks and ``..`` resolved, case folded where the OS does."""
+    return os.path.normcase(os.path.realpath(p))
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder part of a pattern before its first wildcard (``photos/*/a.png`` -> ``photos``)."""
+    parts = Path(pattern).parts
+    root: list[str] = []
+    for part in parts:
+        if _glob.has_magic(part):
+            break
+        root.append(part)
+    return Path(*root) if root else Path(".")
+
+
+def _relative_dirs(inputs: list[str], files: list[Path]) -> dict[str, Path]:
+    """For each file found under a folder (or a pattern's folder), its subfolder relative to
+    that folder, so that ``-o OUT -r`` keeps the tree; files named directly get none."""
+    roots: list[str] = []
+    for s in inputs:
+        p = Path(s)
+        if p.is_dir():
+            roots.append(os.path.abspath(p))
+        elif not p.is_file() and _glob.has_magic(s):
+            roots.append(os.path.abspath(_glob_root(s)))
+    out: dict[str, Path] = {}
+    for f in files:
+        af = os.path.abspath(f)
+        rel = Path()
+        for r in roots:
+            try:
+                if os.path.commonpath([af, r]) == r:
+                    rel = Path(os.path.relpath(os.path.dirname(af), r))
+                    break
+            except ValueError:  # different drives
+                continue
+        out[_key(f)] = rel if str(rel) != "." else Path()
+    return out
+
+
+def _dir_like(s: str) -> bool:
+    return s.endswith("/") or s.endswith(os.sep) or (os.altsep is not None and s.endswith(os.altsep))
+
+
+def _output_mode(inputs: list[str], n_files: int, output: str | None) -> str:
+    """"beside" (no -o), "file" (-o names the one output file) or "folder"."""
+    if output is None:
+        return "beside"
+    o = Path(output)
+    single_file = len(inputs) == 1 and Path(inputs[0]).is_file()
+    if o.is_dir() or _dir_like(output):
+        if o.exists() and not o.is_dir():
+            raise UsageError(f"-o {output!r} ends with a slash but is a file")
+        return "folder"
+    if single_file:
+        return "file"
+    what = f"there are {n_files} inputs" if n_files > 1 else "the input is a folder or pattern"
+    if o.exists():
+        raise UsageError(f"-o {output!r} is a file, but {what}", hint="give a folder")
+    if o.suffix.lower() in WRITE_FORMATS or o.suffix.lower() in IMAGE_EXTENSIONS:
+        raise UsageError(f"-o {output!r} names a file, but {what}",
+                         hint="give a folder (end it with / to make that clear)")
+    return "folder"
+
+
+def _out_ext(src: Path, ext: str | None) -> str:
+    if ext is None:
+        return ".png"
+    if ext == "auto":
+        return src.suffix if src.suffix.lower() in WRITE_FORMATS else ".png"
+    return "." + ext
+
+
+@dataclass
+class _Plan:
+    pairs: list[tuple[Path, Path]]
+    dropped: list[tuple[Path, Path]]  # (input left out, the input whose output it is)
+
+
+def plan_outputs(inputs: list[str], files: list[Path], opts: UpscaleOptions, scale: int) -> _Plan:
+    """Every input's output path, checked before any work (UsageError on conflicts)."""
+    outscale = float(scale) if opts.outscale is None else opts.outscale
+    suffix = opts.suffix if opts.suffix is not None else f"_x{outscale:g}"
+    mode = _output_mode(inputs, len(files), None if opts.output is None else os.fspath(opts.output))
+    pairs: list[tuple[Path, Path]] = []
+    if mode == "file":
+        dst = Path(os.fspath(opts.output))
+        output_format(dst)  # a known image extension, or UsageError
+        if opts.ext not in (None, "auto") and WRITE_FORMATS.get("." + opts.ext) != WRITE_FORMATS[dst.suffix.lower()]:
+            raise UsageError(f"--ext {opts.ext} contradicts the -o file name {dst.name!r}")
+        pairs.append((files[0], dst))
+    else:
+        rel = _relative_dirs(inputs, files) if mode == "folder" else {}
+        out_dir = Path(os.fspath(opts.output)) if mode == "folder" else None
+        for f in files:
+            name = f"{f.stem}{suffix}{_out_ext(f, opts.ext)}"
+            if out_dir is None:
+                dst = f.parent / name
+            else:
+                dst = out_dir / rel.get(_key(f), Path()) / name
+            pairs.append((f, dst))
+    # an input that is another input's output (a previous run's result in the same folder): leave it out
+    out_of = {_key(d): s for s, d in pairs if _key(d) != _key(s)}
+    kept, dropped = [], []
+    for s, d in pairs:
+        origin = out_of.get(_key(s))
+        if origin is not None:
+            dropped.append((s, origin))
+        else:
+            kept.append((s, d))
+    seen: dict[str, Path] = {}
+    for s, d in kept:
+        if _key(d) == _key(s):
+            raise UsageError(f"the output for {str(s)!r} would replace the input file",
+                             hint="choose another --suffix, --ext or -o")
+        if _key(d) in seen:
+            raise UsageError(f"{str(seen[_key(d)])!r} and {str(s)!r} would both be written to {str(d)!r}",
+                             hint="upscale them separately or into different folders")
+        seen[_key(d)] = s
+    return _Plan(kept, dropped)
+
+
+# --------------------------------------------------------------------------- many files
+
+
+class _FileProgress(Reporter):
+    """Passes messages on; shows an image's tile progress on the files bar instead of a second bar."""
+
+    def __init__(self, parent: Reporter, task: Task):
+        self.parent = parent
+        self.files_task = task
+
+    def info(self, message: str) -> None:
+        self.parent.info(message)
+
+    def warn(self, message: str) -> None:
+        self.parent.warn(message)
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: float | None = None) -> Iterator[Task]:
+        outer = self.files_task
+
+        class _T(Task):
+            done = 0
+
+            def advance(self, n: float = 1, **fields: Any) -> None:
+                self.done += n
+                outer.update(tiles=f"{int(self.done)}/{int(total or 0)}")
+
+        try:
+            yield _T()
+        finally:
+            outer.update(tiles="-")
+
+
+def _first_line(e: BaseException) -> str:
+    msg = " ".join(str(e).split())
+    return msg[:300] or type(e).__name__
+
+
+def upscale_files(inputs: Iterable[str | os.PathLike], options: UpscaleOptions | None = None,
+                  reporter: Reporter | None = None) -> UpscaleResult:
+    """Upscale image files (see the module docstring); never raises for one bad image.
+
+    Raises :class:`UsageError` for bad options, inputs that match nothing and output
+    conflicts, model loading errors for a bad model; per-file problems (unreadable,
+    too large, existing output without ``overwrite``) end up in the result.
+    """
+    from .console import debug_enabled
+
+    opts = options or UpscaleOptions()
+    opts.validate()
+    rep = reporter or NULL
+    ins = [os.fspath(i) for i in inputs]
+    if not ins:
+        raise UsageError("no input images given")
+    t_start = time.monotonic()
+    files = list_images(ins, opts.recursive)
+    # fail fast on -o misuse before loading the model
+    _output_mode(ins, len(files), None if opts.output is None else os.fspath(opts.output))
+
+    saved_threads = torch.get_num_threads()
+    if opts.threads:
+        torch.set_num_threads(int(opts.threads))
+    try:
+        model, minfo = load_upscale_model(opts.model, backend=opts.backend, device=opts.device, threads=opts.threads)
+        scale = int(model.scale)
+        plan = plan_outputs(ins, files, opts, scale)
+        for s, origin in plan.dropped:
+            rep.info(f"leaving out {s}: it is the output of {origin}")
+        runner = _Runner(model, device=None if minfo["backend"] != "torch" else minfo["device"], tile=opts.tile,
+                         overlap=opts.tile_overlap, reporter=rep)
+        if getattr(model, "tiling", "supported") in ("discouraged", "internal") and isinstance(opts.tile, int) \
+                and not runner.static:
+            rep.warn(f"{minfo['architecture']} does not tile well (spandrel marks tiling {model.tiling}); "
+                     "seams are possible: prefer --tile auto or 0")
+        outscale = float(scale) if opts.outscale is None else opts.outscale
+        max_px = int(opts.max_pixels) if opts.max_pixels else None
+        results: list[FileResult] = []
+        n = len(plan.pairs)
+        with rep.task(f"upscaling {n} image{'s' if n != 1 else ''}", total=n) as task:
+            sub = _FileProgress(rep, task)
+            for src, dst in plan.pairs:
+                t0 = time.monotonic()
+                r = FileResult(input=str(src), output=str(dst), status="failed")
+                try:
+                    if dst.exists() and not opts.overwrite:
+                        raise OutputExistsError(f"{str(dst)!r} already exists", hint="pass --overwrite to replace it")
+                    img = read_image(src, max_pixels=max_px, reporter=rep)
+                    r.input_size = (img.width, img.height)
+                    out = runner.image(img, outscale=opts.outscale, alpha=opts.alpha, reporter=sub)
+                    write_image(dst, out, overwrite=opts.overwrite, quality=opts.quality, reporter=rep)
+                    r.output_size = (out.width, out.height)
+                    r.status = "ok"
+                except OutputExistsError as e:
+                    r.status, r.error = "skipped", _first_line(e)
+                except SrDistillError as e:
+                    r.error = _first_line(e)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as e:  # noqa: BLE001 - one bad image must not stop the batch
+                    if debug_enabled():
+                        raise
+                    from .tiling import is_oom_error
+
+                    r.error = ("out of memory; try a smaller --tile" if is_oom_error(e)
+                               else f"{type(e).__name__}: {_first_line(e)}")
+                r.seconds = time.monotonic() - t0
+                results.append(r)
+                if r.status == "ok":
+                    (iw, ih), (ow, oh) = r.input_size, r.output_size
+                    rep.info(f"{src} -> {dst}  {iw}x{ih} -> {ow}x{oh}  {r.seconds:.2f} s")
+                else:
+                    msg = r.error or "failed"
+                    rep.warn(msg if str(src) in msg else f"{src}: {msg}")
+                task.advance(1, last=src.name)
+    finally:
+        torch.set_num_threads(saved_threads)
+    tile_desc: Any = opts.tile if not runner.static else runner.tile
+    return UpscaleResult(files=results, model=minfo, outscale=outscale, tile=tile_desc, tile_used=runner.last_tile,
+                         tile_overlap=runner.overlap, seconds=time.monotonic() - t_start,
+                         dropped=[str(s) for s, _ in plan.dropped])

@@ -64,7 +64,10 @@ class _RichTask(Task):
         self._id = task_id
 
     def advance(self, n: float = 1, **fields: Any) -> None:
-        self._p.update(self._id, advance=n, info=_fmt_fields(fields) if fields else None)
+        if fields:
+            self._p.update(self._id, advance=n, info=_fmt_fields(fields))
+        else:
+            self._p.update(self._id, advance=n)
 
     def update(self, **fields: Any) -> None:
         self._p.update(self._id, info=_fmt_fields(fields))
@@ -86,10 +89,10 @@ class RichReporter(Reporter):
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message, markup=False)
+            self.console.print(message, markup=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"warning: {message}", style="yellow", markup=False)
+        self.console.print(f"warning: {message}", style="yellow", markup=False, soft_wrap=True)
 
     @contextlib.contextmanager
     def task(self, description: str, total: float | None = None) -> Iterator[Task]:
@@ -112,7 +115,8 @@ class RichReporter(Reporter):
             start = time.monotonic()
             yield _RichTask(progress, tid)
         if not self.console.is_terminal:
-            self.console.print(f"{description}: done in {time.monotonic() - start:.1f} s", markup=False)
+            self.console.print(f"{description}: done in {time.monotonic() - start:.1f} s", markup=False,
+                               soft_wrap=True)
 
 
 def run_cli(fn: Callable[[], Any]) -> Any:

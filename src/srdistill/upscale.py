@@ -39,6 +39,7 @@ from .data.images import (
     read_image,
     write_image,
 )
+from .devices import resolve_device
 from .errors import ModelLoadError, OutputExistsError, SrDistillError, UnsupportedModelError, UsageError
 from .progress import NULL, Reporter, Task
 from .tiling import auto_tile, initial_tile_size, upscale_tensor
@@ -271,25 +272,6 @@ def _is_onnx(path: Path) -> bool:
     return path.suffix.lower() == ".onnx"
 
 
-def _resolve_device(name: str) -> torch.device:
-    name = (name or "auto").strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: no CUDA device is available", hint="use --device cpu or auto")
-        try:
-            dev = torch.device(name)
-        except RuntimeError:
-            raise UsageError(f"invalid --device {name!r}", hint="use auto, cpu, cuda or cuda:N") from None
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
-        return dev
-    raise UsageError(f"invalid --device {name!r}", hint="use auto, cpu, cuda or cuda:N")
-
-
 def _onnx_device(name: str) -> str:
     """onnxruntime has its own CUDA support (onnxruntime-gpu): pick cpu/cuda for it."""
     import onnxruntime as ort
@@ -334,7 +316,7 @@ def load_upscale_model(path: str | os.PathLike | None = None, *, backend: str = 
         used = "cuda" if providers and providers[0] == "CUDAExecutionProvider" else "cpu"
         desc = {"backend": "onnxruntime", "device": used, "providers": providers}
     else:
-        dev = _resolve_device(device)
+        dev = resolve_device(device)
         model = load_any(p, device=str(dev), threads=threads)
         model.module.eval()
         desc = {"backend": "torch", "device": str(dev)}

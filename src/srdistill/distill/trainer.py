@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
 import math
 import os
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..devices import resolve_device
 from ..errors import Interrupted, OutputExistsError, SrDistillError, TrainingError, UsageError
 from ..fileio import atomic_path, check_writable
 from ..progress import NULL, Reporter
@@ -107,25 +109,6 @@ class DistillResult:
 # --------------------------------------------------------------------------- helpers
 
 
-def resolve_device(name: str) -> torch.device:
-    name = (name or "auto").lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: no CUDA device is available", hint="use --device cpu or auto")
-        try:
-            dev = torch.device(name)
-        except RuntimeError:
-            raise UsageError(f"invalid --device {name!r}") from None
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
-        return dev
-    if name == "cpu":
-        return torch.device("cpu")
-    raise UsageError(f"invalid --device {name!r}", hint="use auto, cpu, cuda or cuda:N")
-
-
 def resolve_precision(name: str, device: torch.device) -> str:
     name = (name or "auto").lower()
     if name not in ("auto", "fp32", "bf16", "fp16"):
@@ -158,7 +141,10 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a parent that is a file, a read-only folder, ...
+            raise SrDistillError(f"cannot write to folder {str(self.path.parent)!r}: {e.strerror or e}") from None
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -171,6 +157,8 @@ class RunLock:
                 with contextlib.suppress(OSError):
                     self.path.unlink()  # stale lock of a dead run
                 continue
+            except OSError as e:
+                raise SrDistillError(f"cannot create the lock file {str(self.path)!r}: {e.strerror or e}") from None
             with os.fdopen(fd, "w") as f:
                 f.write(str(os.getpid()))
             self.held = True
@@ -313,16 +301,21 @@ def distill(cfg: DistillConfig, reporter: Reporter = NULL) -> DistillResult:
     startup_error: SrDistillError | None = None
     if ctx.is_main:
         try:
-            if cfg.resume:
-                if not paths["ckpt"].exists():
-                    raise UsageError(f"--resume: no checkpoint {str(paths['ckpt'])!r} to resume from",
-                                     hint="run without --resume to start fresh")
-            else:
-                check_writable(paths["out"], overwrite=cfg.overwrite)
-                if paths["ckpt"].exists() and not cfg.overwrite:
-                    raise OutputExistsError(f"a checkpoint of an earlier run exists: {str(paths['ckpt'])!r}",
-                                            hint="pass --resume to continue it, or --overwrite to start over")
+            # the lock first: a run started beside a live one is told so, not that its checkpoint exists
             lock.acquire()
+            try:
+                if cfg.resume:
+                    if not paths["ckpt"].exists():
+                        raise UsageError(f"--resume: no checkpoint {str(paths['ckpt'])!r} to resume from",
+                                         hint="run without --resume to start fresh")
+                else:
+                    check_writable(paths["out"], overwrite=cfg.overwrite)
+                    if paths["ckpt"].exists() and not cfg.overwrite:
+                        raise OutputExistsError(f"a checkpoint of an earlier run exists: {str(paths['ckpt'])!r}",
+                                                hint="pass --resume to continue it, or --overwrite to start over")
+            except SrDistillError:
+                lock.release()
+                raise
         except SrDistillError as e:
             startup_error = e
     if ctx.enabled and not ctx.all_true(startup_error is None) and startup_error is None:
@@ -513,8 +506,16 @@ def _run(cfg, rep, ctx, device, precision, paths, load_model, build_student, com
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "config": json.dumps(config_meta),
         }
+        # serialise in memory, then write with Python file I/O: torch.save's own writer turns a full
+        # disk into a RuntimeError ("unexpected pos ..."); this way it is an OSError that atomic_path
+        # reports as such, and the previous checkpoint stays in place
+        buf = io.BytesIO()
+        torch.save(state, buf)
         with atomic_path(paths["ckpt"], overwrite=True) as tmp:
-            torch.save(state, tmp)
+            with open(tmp, "wb") as f:
+                f.write(buf.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
 
     def save_output(step: int, metrics: dict | None) -> None:
         if not ctx.is_main:

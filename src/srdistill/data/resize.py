@@ -23,11 +23,20 @@ Conventions
   (``out_len x in_len``) applied with ``torch.matmul``. The matrices are built once in float64
   (cached by ``(in_len, out_len, scale)``) and then cached per dtype/device.
 * Values are neither clamped nor rounded: ``imresize`` is a linear map on float tensors.
-  MATLAB applied to ``uint8`` images rounds its result; SR papers therefore store LR images as
-  uint8. :func:`downscale_for_sr` returns the *unquantised* float LR image in ``[0, 1]`` (it may
-  overshoot slightly); callers that want the paper protocol quantise it with
-  :func:`quantize_uint8` (clamp to [0, 1], ``round(x * 255) / 255``), and do the same to a
-  bicubic upscale before scoring it.
+* uint8 images (:func:`imresize_uint8`): MATLAB's ``imresize`` keeps the class of its input *in
+  each one-dimensional pass*: ``resizeAlongDim`` calls ``imresizemex``, whose output has the
+  input's class (imresize.m says so in a comment: "Otherwise 'out' datatype will be same as 'in'
+  datatype"), and the second pass is fed the first pass's output. On a uint8 image the
+  intermediate image is therefore clamped to [0, 255] and rounded (half away from zero, MATLAB's
+  conversion) before the second pass, and again at the end. :func:`imresize_uint8` does exactly
+  that, computing in float64 on the 0..255 values (the bicubic weights at integer scales are
+  dyadic fractions, so ties are exact and round the same way MATLAB's do). It matters for the
+  published numbers: Set5 bicubic x2 is 33.673 dB with the rounding, 33.682 dB without
+  (published: 33.66); x4 28.429 vs 28.431 (published 28.42).
+* :func:`downscale_for_sr` follows MATLAB on what it is given: a uint8 HR image is resized the
+  uint8 way (result: float on the uint8 grid, i.e. already the stored LR image); a float HR
+  image is resized linearly and the result is *not* quantised (it may overshoot [0, 1]
+  slightly; :func:`quantize_uint8` rounds it the way storing it as an 8-bit PNG would).
 * Layouts: torch tensors are ``(..., C, H, W)`` (any leading dims, also plain ``(H, W)``); numpy
   arrays are images ``H x W`` or ``H x W x C``.
 """
@@ -46,6 +55,7 @@ from ..errors import UsageError
 __all__ = [
     "imresize",
     "imresize_np",
+    "imresize_uint8",
     "downscale_for_sr",
     "mod_crop",
     "quantize_uint8",
@@ -234,6 +244,64 @@ def imresize_np(
     return np.ascontiguousarray(out.numpy())
 
 
+def _round_u8(t: torch.Tensor) -> torch.Tensor:
+    """MATLAB's double -> uint8 conversion on a float tensor of 0..255 values: saturate, then
+    round half away from zero (kept as float)."""
+    return torch.floor(t.clamp(0.0, 255.0) + 0.5)
+
+
+def imresize_uint8(
+    x: ArrayOrTensor, scale: float | None = None, size: tuple[int, int] | None = None
+) -> ArrayOrTensor:
+    """MATLAB ``imresize(x, scale, 'bicubic')`` on a **uint8** image, result uint8.
+
+    ``x`` is a uint8 torch tensor ``(..., C, H, W)`` (or ``(H, W)``) or a uint8 numpy image
+    ``H x W [x C]``; the result has the same type and layout. Like MATLAB, each of the two
+    one-dimensional passes returns uint8: after the first pass the values are clamped to
+    [0, 255] and rounded half away from zero, then the second pass runs on those, and its
+    result is rounded the same way. Computed in float64 on 0..255 values (exact for the
+    dyadic weights of integer scale factors), on the tensor's device.
+    """
+    if isinstance(x, torch.Tensor):
+        if x.dtype != torch.uint8:
+            raise UsageError(f"imresize_uint8 expects a uint8 tensor, got {x.dtype}",
+                             hint="use imresize for float images")
+        if x.ndim < 2:
+            raise UsageError(f"imresize_uint8 expects a tensor of shape (..., H, W), got shape {tuple(x.shape)}")
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        if h < 1 or w < 1:
+            raise UsageError(f"cannot resize an empty image of shape {tuple(x.shape)}")
+        out_h, out_w, s_h, s_w = _plan(h, w, scale, size)
+        y = x.to(torch.float64)
+
+        def along_h(t: torch.Tensor) -> torch.Tensor:
+            if out_h == h and s_h == 1.0:
+                return t
+            return _round_u8(torch.matmul(_matrix_torch(h, out_h, s_h, torch.float64, t.device), t))
+
+        def along_w(t: torch.Tensor) -> torch.Tensor:
+            if out_w == w and s_w == 1.0:
+                return t
+            return _round_u8(torch.matmul(t, _matrix_torch(w, out_w, s_w, torch.float64, t.device).t()))
+
+        y = along_w(along_h(y)) if s_h <= s_w else along_h(along_w(y))
+        return y.to(torch.uint8)
+    arr = np.asarray(x)
+    if arr.dtype != np.uint8:
+        raise UsageError(f"imresize_uint8 expects a uint8 array, got dtype {arr.dtype}",
+                         hint="use imresize_np for float images")
+    if arr.ndim not in (2, 3):
+        raise UsageError(f"imresize_uint8 expects an H x W or H x W x C array, got shape {arr.shape}")
+    a = np.ascontiguousarray(arr)
+    t = torch.from_numpy(a if a.flags.writeable else a.copy())
+    if arr.ndim == 3:
+        t = t.permute(2, 0, 1)
+    out = imresize_uint8(t, scale=scale, size=size)
+    if arr.ndim == 3:
+        out = out.permute(1, 2, 0)
+    return np.ascontiguousarray(out.numpy())
+
+
 def _check_int_scale(scale: int) -> int:
     if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
         raise UsageError(f"invalid SR scale {scale!r}: expected an integer >= 1")
@@ -263,32 +331,35 @@ def downscale_for_sr(hr: ArrayOrTensor, scale: int) -> ArrayOrTensor:
     """The SR papers' LR image: ``imresize(mod_crop(hr, scale), 1/scale)``, float in [0, 1].
 
     ``hr`` is a numpy image (``H x W [x C]``, uint8 or float in [0, 1]) or a torch tensor
-    (``(..., C, H, W)``, uint8 or float in [0, 1]). uint8 input is divided by 255. The result is
-    float (numpy: float64; torch: the input's float dtype, float32 for uint8) and NOT quantised:
-    to follow the papers exactly, quantise it with :func:`quantize_uint8` (or round to uint8).
+    (``(..., C, H, W)``, uint8 or float in [0, 1]). The result is float (numpy: float64; torch:
+    the input's float dtype, float32 for uint8).
+
+    * uint8 input is resized as MATLAB resizes a uint8 image (:func:`imresize_uint8`: rounded
+      after each pass), so the result is the LR image the papers stored, divided by 255; it is
+      already on the uint8 grid.
+    * float input is resized linearly and NOT quantised: to follow the papers, quantise it with
+      :func:`quantize_uint8` (or start from the uint8 image).
     """
     s = _check_int_scale(scale)
     if isinstance(hr, torch.Tensor):
         t = hr
-        if t.dtype == torch.uint8:
-            t = t.to(torch.float32) / 255.0
-        elif not t.is_floating_point():
+        if t.dtype != torch.uint8 and not t.is_floating_point():
             raise UsageError(f"downscale_for_sr expects a uint8 or float tensor, got {t.dtype}")
         t = mod_crop(t, s)
         if t.shape[-2] < s or t.shape[-1] < s:
             raise UsageError(f"image of shape {tuple(hr.shape)} is smaller than the scale {s}")
+        if t.dtype == torch.uint8:
+            return imresize_uint8(t, scale=1.0 / s).to(torch.float32) / 255.0
         return imresize(t, scale=1.0 / s)
     arr = np.asarray(hr)
-    if arr.dtype == np.uint8:
-        arr = arr.astype(np.float64) / 255.0
-    elif np.issubdtype(arr.dtype, np.floating):
-        arr = arr.astype(np.float64)
-    else:
+    if arr.dtype != np.uint8 and not np.issubdtype(arr.dtype, np.floating):
         raise UsageError(f"downscale_for_sr expects a uint8 or float array, got dtype {arr.dtype}")
     arr = mod_crop(arr, s)
     if arr.ndim >= 2 and (arr.shape[0] < s or arr.shape[1] < s):
         raise UsageError(f"image of shape {np.asarray(hr).shape} is smaller than the scale {s}")
-    return imresize_np(arr, scale=1.0 / s)
+    if arr.dtype == np.uint8:
+        return imresize_uint8(arr, scale=1.0 / s).astype(np.float64) / 255.0
+    return imresize_np(arr.astype(np.float64), scale=1.0 / s)
 
 
 def quantize_uint8(x: ArrayOrTensor) -> ArrayOrTensor:

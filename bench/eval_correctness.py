@@ -10,23 +10,9 @@ PUBLISHED = {("Set5", 2): (33.66, 0.9299), ("Set5", 4): (28.42, 0.8104),
              ("Set14", 2): (30.24, 0.8688), ("Set14", 4): (26.00, 0.7027)}
 
 
-class _Bicubic:
-    """The eval baseline: MATLAB bicubic upscale of the uint8 LR."""
-
-    def __init__(self, scale: int):
-        self.scale = scale
-        self.min_size = 0
-        self.multiple_of = 1
-
-    def __call__(self, x):
-        from srdistill.data.resize import imresize
-
-        return imresize(x, scale=self.scale)
-
-
 def run(quick: bool = False) -> dict:
     from srdistill.data.datasets import load_eval_pairs
-    from srdistill.evaluate import score_pairs
+    from srdistill.evaluate import BicubicBaseline, score_pairs
 
     rows = {}
     for (name, scale), (p_psnr, p_ssim) in PUBLISHED.items():
@@ -35,7 +21,7 @@ def run(quick: bool = False) -> dict:
         pairs = load_eval_pairs(need_shared("data", name, "HR"), scale)
         if quick:
             pairs = pairs[:1]
-        r = score_pairs(_Bicubic(scale), pairs, scale)
+        r = score_pairs(BicubicBaseline(scale), pairs, scale)
         rows[f"{name} x{scale}"] = {"psnr": r["psnr"], "ssim": r["ssim"], "published_psnr": p_psnr,
                                     "published_ssim": p_ssim, "delta_psnr": r["psnr"] - p_psnr,
                                     "delta_ssim": r["ssim"] - p_ssim, "images": len(pairs)}

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from .devices import resolve_device
 from .errors import OutputExistsError, QualityGateError, SrDistillError, UsageError
 from .metrics import psnr, rgb_to_y, ssim, to_uint8
 from .progress import NULL, Reporter, Task
@@ -236,25 +237,6 @@ def dataset_name(folder: str | os.PathLike) -> str:
     if name.lower() in ("hr", "gt", "hq") and p.parent.name:
         name = p.parent.name
     return name or str(folder)
-
-
-def _resolve_device(name: str) -> torch.device:
-    name = (name or "auto").strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: no CUDA device is available", hint="use --device cpu or auto")
-        try:
-            dev = torch.device(name)
-        except RuntimeError:
-            raise UsageError(f"invalid --device {name!r}", hint="use auto, cpu, cuda or cuda:N") from None
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
-        return dev
-    raise UsageError(f"invalid --device {name!r}", hint="use auto, cpu, cuda or cuda:N")
 
 
 def _check_int(name: str, value: Any, minimum: int, allow_none: bool = True) -> int | None:
@@ -490,7 +472,7 @@ def evaluate(opts: EvalOptions, reporter: Reporter = NULL) -> EvalReport:
     for d in opts.data:
         if not Path(d).exists():
             raise UsageError(f"data folder {str(d)!r} does not exist")
-    device = _resolve_device(opts.device)
+    device = resolve_device(opts.device)
     if threads:
         torch.set_num_threads(threads)
     comparison_path = Path(opts.comparison) if opts.comparison is not None else None

@@ -241,3 +241,20 @@ def test_div2k_paired_layout_is_used_as_given(data_dir, tmp_path):
     assert stats.paired == 3 and stats.found == 3  # the X2 folder is not read as HR data
     given = np.array(PILImage.open(hr / "X2" / "0000x2.png"))
     assert np.array_equal(images[0].lr.permute(1, 2, 0).numpy(), given)
+
+
+def test_teacher_cache_dir_is_reused_across_runs(teacher_path, data_dir, tmp_path):
+    cache = tmp_path / "tcache"
+    a = distill(_cfg(teacher_path, data_dir, tmp_path / "a", steps=3, teacher_cache_dir=str(cache)))
+    b = distill(_cfg(teacher_path, data_dir, tmp_path / "b", steps=3, teacher_cache_dir=str(cache)))
+    assert a.teacher_cache["computed"] == 6 and a.teacher_cache["reused"] == 0
+    assert b.teacher_cache["computed"] == 0 and b.teacher_cache["reused"] == 6
+    assert len(list(cache.glob("*.npy"))) == 6 and not list(cache.glob("*.partial"))
+    # the reused targets train exactly like freshly computed ones
+    wa, wb = load_model(a.out).module.state_dict(), load_model(b.out).module.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # a corrupt entry is recomputed, not trusted
+    victim = sorted(cache.glob("*.npy"))[0]
+    victim.write_bytes(b"garbage")
+    c = distill(_cfg(teacher_path, data_dir, tmp_path / "c", steps=1, teacher_cache_dir=str(cache)))
+    assert c.teacher_cache["computed"] == 1 and c.teacher_cache["reused"] == 5

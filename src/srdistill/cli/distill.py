@@ -60,6 +60,10 @@ def distill_cmd(
     teacher_cache: bool = typer.Option(True, "--teacher-cache/--no-teacher-cache",
                                        help="Run the teacher once per image and reuse its output (default) or "
                                             "recompute it for every patch."),
+    teacher_cache_dir: Optional[Path] = typer.Option(None, "--teacher-cache-dir",
+                                                     help="Also keep the teacher's outputs in this folder (uint8 "
+                                                          ".npy, keyed by teacher and image) and reuse them in "
+                                                          "later runs."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Use at most N training images."),
     json_out: bool = typer.Option(False, "--json", help="Print the final summary as one JSON document."),
@@ -79,7 +83,8 @@ def distill_cmd(
             warmup_steps=warmup_steps, grad_clip=grad_clip, alpha=alpha, loss=loss, feature_weight=feature_weight,
             adversarial_weight=adversarial_weight, ema_decay=ema_decay, val_every=val_every,
             checkpoint_every=checkpoint_every, out=str(out), resume=resume, overwrite=overwrite, device=device,
-            precision=precision, seed=seed, teacher_cache=teacher_cache, threads=threads, max_images=max_images,
+            precision=precision, seed=seed, teacher_cache=teacher_cache,
+            teacher_cache_dir=str(teacher_cache_dir) if teacher_cache_dir else None, threads=threads, max_images=max_images,
         )
         from ..distill import distributed
 

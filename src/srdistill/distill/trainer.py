@@ -71,6 +71,7 @@ class DistillConfig:
     precision: str = "auto"
     seed: int = 0
     teacher_cache: bool = True
+    teacher_cache_dir: str | None = None
     cache_tile: int = 256
     threads: int | None = None
     max_images: int | None = None
@@ -393,13 +394,17 @@ def _run(cfg, rep, ctx, device, precision, paths, load_model, build_student, com
     cache_info: dict[str, Any] = {"enabled": use_cache}
     if use_cache:
         t0 = time.monotonic()
-        qerr = fill_teacher_cache(images, teacher, teacher.scale, device=device, tile=cfg.cache_tile,
-                                  min_size=teacher.min_size, multiple_of=teacher.multiple_of, reporter=rep)
-        cache_info.update(seconds=round(time.monotonic() - t0, 3), storage="memory, uint8",
-                          max_quantization_error=qerr,
+        fill = fill_teacher_cache(images, teacher, teacher.scale, device=device, tile=cfg.cache_tile,
+                                  min_size=teacher.min_size, multiple_of=teacher.multiple_of, reporter=rep,
+                                  cache_dir=cfg.teacher_cache_dir, teacher_key=teacher.sha256 or "")
+        qerr = fill["max_quantization_error"]
+        cache_info.update(seconds=round(time.monotonic() - t0, 3),
+                          storage="memory, uint8" + (f" + {cfg.teacher_cache_dir}" if cfg.teacher_cache_dir else ""),
+                          max_quantization_error=qerr, computed=fill["computed"], reused=fill["reused"],
                           bytes=int(sum(i.target.numel() for i in images)))
-        rep.info(f"teacher cache: {len(images)} image(s) in {cache_info['seconds']:.1f} s, stored as uint8 "
-                 f"(targets within {qerr:.5f} = 0.5/255 of the teacher's output)")
+        rep.info(f"teacher cache: {len(images)} image(s) in {cache_info['seconds']:.1f} s"
+                 + (f" ({fill['reused']} reused from {cfg.teacher_cache_dir})" if fill["reused"] else "")
+                 + f", stored as uint8 (targets within {qerr:.5f} = 0.5/255 of the teacher's output)")
 
     # feature distillation: hooks on corresponding layers, 1x1 adapters where widths differ
     s_taps = t_taps = None

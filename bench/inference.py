@@ -136,6 +136,21 @@ def run(quick: bool = False, threads: int = 2) -> dict:
                     cells["best_vs_torch"] = round(cells[best_key] / cells["torch_eager"], 3)
                 row["sizes"][sname] = cells
             results[name] = row
+        # the teacher the default model was distilled from: window attention, so no dynamic ONNX;
+        # its best CPU path is PyTorch eager (and the same through spandrel)
+        if not quick:
+            from srdistill.assets import BUNDLED_TEACHER
+
+            t = load_model(BUNDLED_TEACHER)
+            x = torch.rand(1, 3, 256, 256)
+            with torch.no_grad():
+                tt = median_time(lambda: t(x), repeats=2, warmup=1)
+                desc = spandrel.ModelLoader().load_from_file(str(BUNDLED_TEACHER))
+                ts = median_time(lambda: desc(x), repeats=2, warmup=1)
+            results["teacher DCTLSA x4 (bundled)"] = {
+                "params": t.params, "file": BUNDLED_TEACHER.name,
+                "sizes": {"256x256": {"torch_eager": round(_mps(tt, 256, 256, 4), 4),
+                                      "spandrel_loop": round(_mps(ts, 256, 256, 4), 4)}}}
     doc = {"settings": {"threads": threads, "repeats": repeats, "quick": quick, "unit": "output MP/s",
                         "int8": "static QDQ, per-channel, calibrated on T91 LR patches"}, "results": results}
     save("inference" + ("_quick" if quick else ""), doc)

@@ -58,6 +58,7 @@ import torch
 from . import __version__
 from .errors import ExportError, ImageError, QualityGateError, SrDistillError, UnsupportedModelError, UsageError
 from .fileio import atomic_path, check_writable
+from .models.checkpoint import jsonable
 from .progress import NULL, Reporter
 
 __all__ = [
@@ -275,18 +276,6 @@ def _first_line(e: BaseException, limit: int = 240) -> str:
 
 def _round_up(v: int, m: int) -> int:
     return ((int(v) + m - 1) // m) * m
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, type):
-        return v.__name__
-    return str(v)
 
 
 def _test_batch(batch: int, channels: int, h: int, w: int, seed: int) -> np.ndarray:
@@ -952,7 +941,7 @@ class _Exporter:
             "srdistill.version": json.dumps(__version__),
             "srdistill.scale": json.dumps(int(model.scale)),
             "srdistill.architecture": json.dumps(model.architecture),
-            "srdistill.hyperparameters": json.dumps(_jsonable(model.hyperparameters or {})),
+            "srdistill.hyperparameters": json.dumps(jsonable(model.hyperparameters or {})),
             "srdistill.source_sha256": json.dumps(source_sha256),
             "srdistill.params": json.dumps(int(params)),
             "srdistill.min_size": json.dumps(int(model.min_size)),
@@ -988,7 +977,7 @@ class _Exporter:
 
 def _finite_or_none(d: dict) -> dict:
     """JSON-safe (metadata values must be strict JSON): non-finite floats become None."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else _jsonable(v)) for k, v in d.items()}
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else jsonable(v)) for k, v in d.items()}
 
 
 def _load_source(model_or_path):

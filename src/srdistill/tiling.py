@@ -88,7 +88,13 @@ def pad_to_requirements(
     """Pad (N,C,H,W) on the bottom/right to the size requirements: reflect as far as
     the image allows, replicate beyond (like spandrel's ``pad_tensor``)."""
     h, w = x.shape[-2:]
-    th, tw = _padded_size(h, w, min_size, multiple_of, square)
+    return pad_bottom_right(x, *_padded_size(h, w, min_size, multiple_of, square))
+
+
+def pad_bottom_right(x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
+    """Pad (..., H, W) to (..., th, tw) at the bottom/right: reflect as far as the image allows
+    (like spandrel's ``pad_tensor``), then replicate for the rest."""
+    h, w = x.shape[-2:]
     pad_h, pad_w = th - h, tw - w
     if pad_h == 0 and pad_w == 0:
         return x

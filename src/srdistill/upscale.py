@@ -42,7 +42,7 @@ from .data.images import (
 from .devices import resolve_device
 from .errors import ModelLoadError, OutputExistsError, SrDistillError, UnsupportedModelError, UsageError
 from .progress import NULL, Reporter, Task
-from .tiling import auto_tile, initial_tile_size, upscale_tensor
+from .tiling import auto_tile, initial_tile_size, pad_bottom_right, upscale_tensor
 
 __all__ = [
     "ALPHA_MODES",
@@ -451,21 +451,12 @@ _UNSET = object()
 
 
 def _pad_to(x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
-    """Pad (N,C,h,w) on the bottom/right to (th, tw): reflect as far as possible, then replicate."""
-    import torch.nn.functional as F
-
+    """Pad (N,C,h,w) on the bottom/right to exactly (th, tw)."""
     h, w = x.shape[-2:]
     ph, pw = th - h, tw - w
     if ph < 0 or pw < 0:
         raise SrDistillError(f"internal error: a {w}x{h} tile does not fit the model's fixed {tw}x{th} input")
-    if ph == 0 and pw == 0:
-        return x
-    rh, rw = min(ph, h - 1), min(pw, w - 1)
-    if rh > 0 or rw > 0:
-        x = F.pad(x, (0, rw, 0, rh), mode="reflect")
-    if ph - rh > 0 or pw - rw > 0:
-        x = F.pad(x, (0, pw - rw, 0, ph - rh), mode="replicate")
-    return x
+    return pad_bottom_right(x, th, tw)
 
 
 def output_size(h: int, w: int, outscale: float) -> tuple[int, int]:

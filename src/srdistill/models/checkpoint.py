@@ -34,13 +34,16 @@ def tensor_hash(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _jsonable(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
+    """Hyperparameters/config as plain JSON values (classes by name, anything else as text)."""
     if isinstance(v, (str, int, float, bool)) or v is None:
         return v
     if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
+        return [jsonable(x) for x in v]
     if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, type):
+        return v.__name__
     return str(v)
 
 
@@ -67,7 +70,7 @@ def build_metadata(model: SRModel, *, state: dict[str, torch.Tensor], title: str
         "srdistill.version": json.dumps(__version__),
         "srdistill.scale": json.dumps(model.scale),
         "srdistill.architecture": json.dumps(model.architecture),
-        "srdistill.hyperparameters": json.dumps(_jsonable(model.hyperparameters)),
+        "srdistill.hyperparameters": json.dumps(jsonable(model.hyperparameters)),
         "srdistill.knobs": json.dumps(knobs),
         "srdistill.params": json.dumps(model.params),
     }
@@ -80,11 +83,11 @@ def build_metadata(model: SRModel, *, state: dict[str, torch.Tensor], title: str
             "scale": teacher.scale,
         })
     if config is not None:
-        meta["srdistill.config"] = json.dumps(_jsonable(config))
+        meta["srdistill.config"] = json.dumps(jsonable(config))
     if metrics is not None:
-        meta["srdistill.metrics"] = json.dumps(_jsonable(metrics))
+        meta["srdistill.metrics"] = json.dumps(jsonable(metrics))
     for k, v in (extra or {}).items():
-        meta[k if "." in k else f"srdistill.{k}"] = v if isinstance(v, str) else json.dumps(_jsonable(v))
+        meta[k if "." in k else f"srdistill.{k}"] = v if isinstance(v, str) else json.dumps(jsonable(v))
     return meta
 
 

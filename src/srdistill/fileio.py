@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -61,12 +62,29 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False, mkdir: bool
         else:
             os.replace(tmp_path, final)
     except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise SrDistillError(f"no space left on device while writing {str(final)!r}") from e
-        raise SrDistillError(f"cannot write {str(final)!r}: {e.strerror or e}") from e
+        raise _write_error(final, e.errno, e.strerror or str(e)) from e
+    except SrDistillError:
+        raise
+    except Exception as e:  # writers in Rust (safetensors) report I/O errors as their own exception types
+        code = _os_error_code(e)
+        if code is None:
+            raise
+        raise _write_error(final, code, os.strerror(code)) from e
     finally:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
+
+
+def _write_error(final: Path, code: int | None, reason: str) -> SrDistillError:
+    if code == errno.ENOSPC:
+        return SrDistillError(f"no space left on device while writing {str(final)!r}")
+    return SrDistillError(f"cannot write {str(final)!r}: {reason}")
+
+
+def _os_error_code(e: BaseException) -> int | None:
+    """The errno in a Rust ``std::io::Error`` message (``... (os error 28)``), if any."""
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    return int(m.group(1)) if m else None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> Path:

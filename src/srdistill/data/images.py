@@ -351,12 +351,31 @@ def read_image(
             w, h = im.size
             _check_pixels(name, w, h, max_pixels)
             fmt = im.format or ""
-            frames = int(getattr(im, "n_frames", 1) or 1)
+            try:  # counting frames reads past the first one: a damaged later frame raises here
+                frames = int(getattr(im, "n_frames", 1) or 1)
+            except _DECODE_ERRORS:
+                try:
+                    im.seek(0)
+                except _DECODE_ERRORS as e:
+                    fail(_describe(e), e)
+                frames = 1
+                rep.warn(f"{name}: frames after the first are damaged; using the first one only")
             if frames > 1 and fmt != "MPO":  # MPO: camera JPEGs with an embedded preview
                 kind = "pages" if fmt == "TIFF" else "frames"
                 rep.warn(f"{name} has {frames} {kind}; using the first one only")
 
             ihdr = _png_ihdr(head) if fmt == "PNG" else None
+            if ihdr is not None:
+                # Pillow fills rows missing from a complete-but-short data stream with black, silently:
+                # a corrupt file would pass as an image, and a few hundred bytes could claim 100+ MP
+                try:
+                    short = _png_data_shortfall(f, ihdr)
+                except (zlib.error, struct.error, OSError) as e:
+                    fail(f"the file is corrupt (bad compressed image data: {' '.join(str(e).split())})", e)
+                if short is not None:
+                    fail(f"the file is truncated or corrupt (its image data holds {short[0]:,} of the "
+                         f"{short[1]:,} bytes a {w}x{h} image needs)")
+                f.seek(0)
             if ihdr is not None and ihdr[2] == 16 and ihdr[3] in (2, 4, 6):
                 if ihdr[4] == 0:  # not interlaced: decode ourselves at full precision
                     f.seek(0)
@@ -581,6 +600,64 @@ def _png_ihdr(head: bytes) -> tuple[int, int, int, int, int] | None:
         return None
     w, h, depth, ctype, _comp, _filt, interlace = struct.unpack(">IIBBBBB", head[16:29])
     return w, h, depth, ctype, interlace
+
+
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel (palette: 1 index)
+_DEFLATE_MAX_RATIO = 1100  # deflate cannot expand more than ~1032:1
+
+
+def _png_data_shortfall(f: BinaryIO, ihdr: tuple[int, int, int, int, int]) -> tuple[int, int] | None:
+    """(bytes found, bytes needed) when a PNG's image data cannot fill its declared size, else None.
+
+    Walks the chunks, first comparing the compressed size with the most it could
+    inflate to (no decompression: a tiny file claiming a huge image is refused at
+    once), then inflating in bounded pieces and counting, so memory stays small.
+    """
+    w, h, depth, ctype, interlace = ihdr
+    if ctype not in _PNG_SAMPLES or depth not in (1, 2, 4, 8, 16):
+        return None  # Pillow will refuse the layout itself
+    bits = _PNG_SAMPLES[ctype] * depth
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    need = 0
+    for x0, y0, dx, dy in passes:
+        cols, rows = max(0, -(-(w - x0) // dx)), max(0, -(-(h - y0) // dy))
+        if cols and rows:
+            need += rows * (1 + (cols * bits + 7) // 8)
+    spans: list[tuple[int, int]] = []
+    f.seek(8)
+    while True:
+        hdr = f.read(8)
+        if len(hdr) < 8:
+            break
+        length, ctype_ = struct.unpack(">I4s", hdr)
+        if ctype_ == b"IDAT":
+            spans.append((f.tell(), length))
+        elif ctype_ == b"IEND":
+            break
+        f.seek(length + 4, io.SEEK_CUR)
+    packed = sum(n for _, n in spans)
+    if packed * _DEFLATE_MAX_RATIO + 1024 < need:
+        return packed, need
+    d = zlib.decompressobj()
+    got = 0
+    for start, length in spans:
+        f.seek(start)
+        left = length
+        while left > 0 and got < need:
+            data = f.read(min(left, 1 << 16))
+            if not data:
+                break
+            left -= len(data)
+            while data and got < need:
+                out = d.decompress(data, 1 << 20)
+                got += len(out)
+                data = d.unconsumed_tail
+            if d.eof:
+                break
+        if d.eof or got >= need:
+            break
+    return None if got >= need else (got, need)
 
 
 def _decode_png(data: bytes) -> _Png:
@@ -856,7 +933,12 @@ def write_image(
                     _write_png(f, pixels, icc=icc, exif=exif)
                 else:
                     assert pil_im is not None
-                    pil_im.save(f, format=fmt, **kwargs)
+                    # encode in memory, then write with Python's file I/O: given a descriptor, Pillow's C
+                    # encoders (JPEG, BMP, ...) ignore a short write -- a full disk would leave a
+                    # truncated file that we then report as written
+                    enc = io.BytesIO()
+                    pil_im.save(enc, format=fmt, **kwargs)
+                    f.write(enc.getbuffer())
                 f.flush()
                 os.fsync(f.fileno())
         except SrDistillError:

@@ -134,6 +134,18 @@ def paths_for(out: str | Path) -> dict[str, Path]:
     }
 
 
+def _remove_stale_partials(paths: dict[str, Path]) -> None:
+    """Delete ``.<name>.*.partial`` files atomic_path left when a run was killed (SIGKILL, power loss).
+    Only called with the run lock held, so no live writer owns them."""
+    import glob
+
+    for key in ("out", "ckpt"):
+        p = paths[key]
+        for tmp in p.parent.glob(f".{glob.escape(p.name)}.*.partial"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
 class RunLock:
     """``<out>.lock`` created exclusively: a second run on the same output refuses to start."""
 
@@ -304,6 +316,7 @@ def distill(cfg: DistillConfig, reporter: Reporter = NULL) -> DistillResult:
         try:
             # the lock first: a run started beside a live one is told so, not that its checkpoint exists
             lock.acquire()
+            _remove_stale_partials(paths)  # temporaries of a run that was killed mid-write
             try:
                 if cfg.resume:
                     if not paths["ckpt"].exists():
@@ -547,15 +560,34 @@ def _run(cfg, rep, ctx, device, precision, paths, load_model, build_student, com
             sums = ctx.sum(sums)
         return {"step": step, "psnr": sums[0] / sums[2], "ssim": sums[1] / sums[2]}
 
+    def log(rec: dict) -> None:
+        """One JSON line, flushed. A failed write (disk full) must neither stop the run nor, in the
+        ``finally`` below, replace the error that is on its way out: warn once and log no more."""
+        nonlocal log_f
+        if log_f is None:
+            return
+        try:
+            log_f.write(json.dumps(rec) + "\n")
+            log_f.flush()
+        except OSError as e:
+            rep.warn(f"cannot write the training log {paths['log']}: {e.strerror or e}; continuing without it")
+            with contextlib.suppress(OSError):
+                log_f.close()
+            log_f = None
+
     step = start_step
     steps_done = 0
     t_loop = time.monotonic()
     try:
         if ctx.is_main:
-            paths["log"].parent.mkdir(parents=True, exist_ok=True)
-            log_f = open(paths["log"], "a" if cfg.resume else "w", encoding="utf-8")
-            log_f.write(json.dumps({"event": "start", "step": step, "time": time.time(), "config": config_meta,
-                                    "formula": weights.formula(), "srdistill": __version__}) + "\n")
+            try:
+                paths["log"].parent.mkdir(parents=True, exist_ok=True)
+                log_f = open(paths["log"], "a" if cfg.resume else "w", encoding="utf-8")
+            except OSError as e:
+                raise SrDistillError(f"cannot write the training log {str(paths['log'])!r}: "
+                                     f"{e.strerror or e}") from None
+            log({"event": "start", "step": step, "time": time.time(), "config": config_meta,
+                 "formula": weights.formula(), "srdistill": __version__})
         with _Signals() as sig, rep.task("distilling", total=cfg.steps) as task:
             task.advance(step)
             while step < cfg.steps:
@@ -626,15 +658,12 @@ def _run(cfg, rep, ctx, device, precision, paths, load_model, build_student, com
                 rate = steps_done / max(1e-9, time.monotonic() - t_loop)
                 task.advance(1, **{k: round(v, 5) for k, v in last_terms.items()}, **{"it/s": round(rate, 2)})
                 if log_f and (step % cfg.log_every == 0 or step == cfg.steps):
-                    log_f.write(json.dumps({"event": "step", "step": step, **last_terms,
-                                            "lr": sched.get_last_lr()[0], "steps_per_s": rate}) + "\n")
-                    log_f.flush()
+                    log({"event": "step", "step": step, **last_terms, "lr": sched.get_last_lr()[0],
+                         "steps_per_s": rate})
                 if val_pairs and (step % val_every == 0 or step == cfg.steps):
                     rec = validate(step)
                     history.append(rec)
-                    if log_f:
-                        log_f.write(json.dumps({"event": "val", **rec}) + "\n")
-                        log_f.flush()
+                    log({"event": "val", **rec})
                     if best is None or rec["psnr"] > best["psnr"]:
                         best = rec
                         save_output(step, {"val": {"psnr": rec["psnr"], "ssim": rec["ssim"], "step": step,
@@ -663,8 +692,10 @@ def _run(cfg, rep, ctx, device, precision, paths, load_model, build_student, com
             ctx.barrier()
     finally:
         if log_f:
-            log_f.write(json.dumps({"event": "end", "step": step, "time": time.time()}) + "\n")
-            log_f.close()
+            log({"event": "end", "step": step, "time": time.time()})
+        if log_f:
+            with contextlib.suppress(OSError):
+                log_f.close()
         for taps in (s_taps, t_taps):
             if taps is not None:
                 taps.remove()

@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._device import _device_constructors
 
 from ..errors import ModelLoadError, UnsafeModelError, UnsupportedModelError
 from ._compat import import_spandrel
@@ -35,10 +38,15 @@ CHECKPOINT_EXTENSIONS = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 MAX_UNPACKED_BYTES = 16 * 1024**3  # a zip-packed .pth may not unpack to more than this
 MAX_UNPACK_RATIO = 20  # ... nor to more than this many times its size (tensors do not compress)
+# Building a model may allocate at most 4x the file's tensor values plus this (buffers, temporaries) ...
+MAX_EXTRA_ELEMENTS = 16 * 1024**2
+# ... in at most 4 tensors per stored tensor plus this many (every family measured needs <= 1.1 per tensor)
+MAX_EXTRA_TENSORS = 1_000
 
 _REGISTRY = spandrel.MAIN_REGISTRY.copy()
 _REGISTRY.add(ArchSupport.from_architecture(EDSRArch(), before=tuple(a.architecture.id for a in _REGISTRY)))
 _LOADER = ModelLoader(registry=_REGISTRY)
+_FACTORIES = frozenset(_device_constructors())  # torch.empty, zeros, ones, rand, tensor, ...
 
 
 def supported_architectures() -> list[str]:
@@ -187,7 +195,7 @@ def _read_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]
                                  f"but the file has {size}")
         try:
             header = json.loads(f.read(n))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: "[[[[..." nesting
             raise ModelLoadError(f"{p.name} is not a valid safetensors file: its header is not JSON") from None
     if not isinstance(header, dict):
         raise ModelLoadError(f"{p.name} is not a valid safetensors file: its header is not a JSON object")
@@ -224,18 +232,29 @@ def _read_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]
     return tensors, metadata
 
 
+# what Python's zipfile raises on a damaged archive (NotImplementedError: "zip file version 6.4", ...)
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, NotImplementedError, EOFError,
+               struct.error, UnicodeDecodeError, IndexError, KeyError, OverflowError)
+
+
 def _read_pickle(p: Path) -> Any:
-    if zipfile.is_zipfile(p):
+    try:
+        is_zip = zipfile.is_zipfile(p)  # can itself raise BadZipFile ("... span multiple disks ...")
+    except _ZIP_ERRORS:
+        is_zip = True  # looks like a zip: let the full parse below say what is wrong
+    if is_zip:
         try:
             with zipfile.ZipFile(p) as z:
                 unpacked = sum(i.file_size for i in z.infolist())
-        except (zipfile.BadZipFile, OSError, ValueError):
+        except _ZIP_ERRORS:
             raise ModelLoadError(f"{p.name} is a corrupt or truncated PyTorch checkpoint") from None
         if unpacked > MAX_UNPACKED_BYTES or unpacked > MAX_UNPACK_RATIO * max(p.stat().st_size, 1 << 20):
             raise ModelLoadError(f"{p.name} unpacks to {unpacked / 2**30:.1f} GiB from a "
                                  f"{p.stat().st_size / 2**20:.1f} MiB file; refusing a likely zip bomb")
     try:
-        return torch.load(str(p), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4 ...": noise before our one-line error
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
         culprit = ""
@@ -249,7 +268,8 @@ def _read_pickle(p: Path) -> Any:
             hint="nothing from it was executed; convert it to .safetensors with a tool you trust",
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError, TypeError,
-            IndexError, KeyError, struct.error, UnicodeDecodeError, MemoryError, OverflowError) as e:
+            IndexError, KeyError, struct.error, UnicodeDecodeError, MemoryError, OverflowError,
+            NotImplementedError) as e:
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise ModelLoadError(f"{p.name} is not a readable PyTorch checkpoint (truncated or corrupt?): {first}") from None
 
@@ -278,6 +298,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if bad:
         raise ModelLoadError(f"{p.name} is not a model state dict: entry {bad[0]!r} is a "
                              f"{type(tensors[bad[0]]).__name__}, not a tensor")
+    cplx = [k for k, v in tensors.items() if v.is_complex()]
+    if cplx:  # loading would silently drop the imaginary part (with a warning on stderr)
+        raise ModelLoadError(f"{p.name}: tensor {cplx[0]!r} has dtype {tensors[cplx[0]].dtype}, "
+                             "expected floating point weights")
     return dict(tensors), metadata
 
 
@@ -323,13 +347,67 @@ def _hyperparameters(module: nn.Module) -> dict:
     return {k: v for k, v in hp.items() if not (callable(v) and k in defaults and defaults[k] is v)}
 
 
+class _ConstructionBudget(TorchFunctionMode):
+    """Refuse to build a model far bigger than the tensors in the file.
+
+    Spandrel reads hyperparameters from key names and shapes (``body.99999.weight``
+    means 100000 blocks; a (20000, 3, 3, 3) first conv means 20000 channels), builds
+    the model, and only then finds out that the weights do not fit it. A file of a few
+    KB could so make the loader allocate gigabytes and run for minutes before failing.
+    Every tensor a strict load keeps comes from the file, so counting what the
+    constructors allocate and stopping at a generous multiple of the file's tensors
+    bounds memory and time without guessing per architecture.
+    """
+
+    def __init__(self, state: dict, name: str):
+        super().__init__()
+        numel = sum(int(t.numel()) for t in state.values() if isinstance(t, torch.Tensor))
+        self.name = name
+        self.max_elements = 4 * numel + MAX_EXTRA_ELEMENTS
+        self.max_tensors = 4 * len(state) + MAX_EXTRA_TENSORS
+        self.elements = 0
+        self.tensors = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _SIZED_FACTORIES:  # refuse before allocating (zeros/ones/rand write every byte)
+            self._count(0, _requested_numel(args))
+        out = func(*args, **(kwargs or {}))
+        if func in _FACTORIES:
+            self._count(1, out.numel() if isinstance(out, torch.Tensor) else 0)
+        return out
+
+    def _count(self, tensors: int, elements: int) -> None:
+        if self.elements + elements > self.max_elements or self.tensors + tensors > self.max_tensors:
+            raise ModelLoadError(
+                f"{self.name} describes a model far larger than the weights it holds "
+                f"(over {self.tensors + tensors:,} tensors / {self.elements + elements:,} values to build from "
+                f"{self.max_elements - MAX_EXTRA_ELEMENTS:,} stored): corrupt or hostile file")
+        self.tensors += tensors
+        self.elements += elements if tensors else 0
+
+
+_SIZED_FACTORIES = frozenset({torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn})
+
+
+def _requested_numel(args: tuple) -> int:
+    """Elements asked of ``torch.empty(2, 3)`` / ``torch.zeros((2, 3))`` / ``torch.full((2, 3), v)``."""
+    size = args[0] if args and isinstance(args[0], (tuple, list, torch.Size)) else args
+    n = 1
+    for d in size:
+        if not isinstance(d, int) or isinstance(d, bool):
+            return 0  # not a plain size: counted after the call instead
+        n *= max(d, 0)
+    return n if size else 0
+
+
 def model_from_state_dict(state: dict[str, torch.Tensor], *, name: str = "state dict",
                           metadata: dict | None = None, path: Path | None = None,
                           sha256: str | None = None, require_sr: bool = True) -> SRModel:
     """Detect the architecture of ``state`` and build the model (strict: every key must match)."""
     state = dict(state)
     try:
-        desc = _LOADER.load_from_state_dict(state)
+        with _ConstructionBudget(state, name):
+            desc = _LOADER.load_from_state_dict(state)
     except spandrel.UnsupportedModelError:
         keys = list(state)[:3]
         raise UnsupportedModelError(

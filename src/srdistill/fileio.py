@@ -43,6 +43,7 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False, mkdir: bool
             parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=parent)
         os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a finished file gets the usual mode
     except OSError as e:
         raise SrDistillError(f"cannot write to folder {str(parent)!r}: {e.strerror or e}") from e
     tmp_path = Path(tmp)
@@ -73,6 +74,12 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False, mkdir: bool
     finally:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _write_error(final: Path, code: int | None, reason: str) -> SrDistillError:

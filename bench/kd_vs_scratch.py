@@ -15,7 +15,8 @@ from pathlib import Path
 from .common import need_shared, save
 
 
-def run(quick: bool = False, steps: int | None = None, alphas: tuple[float, ...] = (0.0, 0.5)) -> dict:
+def run(quick: bool = False, steps: int | None = None, alphas: tuple[float, ...] = (0.0, 0.5),
+        teacher_cache_dir: str | None = None) -> dict:
     from srdistill.data.datasets import load_eval_pairs
     from srdistill.distill.trainer import DistillConfig, distill
     from srdistill.evaluate import score_pairs
@@ -26,7 +27,10 @@ def run(quick: bool = False, steps: int | None = None, alphas: tuple[float, ...]
     sets = {n: load_eval_pairs(need_shared("data", n, "HR"), 4) for n in ("Set5", "Set14")}
     if quick:
         sets = {"Set5": sets["Set5"][:1]}
-    steps = steps or (6 if quick else 3000)
+    steps = steps or (6 if quick else 2000)
+    import os
+
+    teacher_cache_dir = teacher_cache_dir or os.environ.get("SRDISTILL_BENCH_TEACHER_CACHE")
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for alpha in alphas:
@@ -34,6 +38,7 @@ def run(quick: bool = False, steps: int | None = None, alphas: tuple[float, ...]
             cfg = DistillConfig(teacher=str(teacher), student_arch="compact", student_width=32, student_depth=8,
                                 data=[str(train)], val=[], steps=steps, batch_size=16, patch_size=32, lr=1e-3,
                                 alpha=alpha, out=str(out), seed=0, checkpoint_every=10**9,
+                                teacher_cache_dir=None if quick else teacher_cache_dir,
                                 max_images=6 if quick else None)
             r = distill(cfg)
             m = load_model(out)
@@ -53,5 +58,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--steps", type=int)
+    ap.add_argument("--teacher-cache-dir")
     a = ap.parse_args()
-    print(run(a.quick, a.steps))
+    print(run(a.quick, a.steps, teacher_cache_dir=a.teacher_cache_dir))

@@ -258,3 +258,24 @@ def test_teacher_cache_dir_is_reused_across_runs(teacher_path, data_dir, tmp_pat
     victim.write_bytes(b"garbage")
     c = distill(_cfg(teacher_path, data_dir, tmp_path / "c", steps=1, teacher_cache_dir=str(cache)))
     assert c.teacher_cache["computed"] == 1 and c.teacher_cache["reused"] == 5
+
+
+def test_training_checkpoint_loads_as_its_ema_model_and_bad_paths_fail_early(teacher_path, data_dir, tmp_path):
+    res = distill(_cfg(teacher_path, data_dir, tmp_path, steps=4, checkpoint_every=2))
+    from_ckpt = load_model(tmp_path / "s.ckpt")
+    final = load_model(res.out)
+    assert from_ckpt.srdistill["checkpoint_step"] == 4
+    sd_a, sd_b = from_ckpt.module.state_dict(), final.module.state_dict()
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)  # the EMA student, as saved
+    # the training log is a user's file too: not replaced without --overwrite
+    log = tmp_path / "t.train.jsonl"
+    log.write_text("my notes\n")
+    with pytest.raises(OutputExistsError):
+        distill(_cfg(teacher_path, data_dir, tmp_path, steps=1, out=str(tmp_path / "t.safetensors")))
+    assert log.read_text() == "my notes\n"
+    # a wrong --val path is reported before any work, not after the teacher cache is filled
+    with pytest.raises(UsageError, match="--val"):
+        distill(_cfg(teacher_path, data_dir, tmp_path, steps=1, val=[str(tmp_path / "nope")],
+                     out=str(tmp_path / "u.safetensors")))
+    with pytest.raises(UsageError, match="--max-images"):
+        distill(_cfg(teacher_path, data_dir, tmp_path, steps=1, max_images=0, out=str(tmp_path / "v.safetensors")))

@@ -387,7 +387,10 @@ def test_fail_under_psnr_exit_3_after_the_report(synth, models):
     g = doc["quality_gate"]
     assert g["passed"] is False and g["models"] == ["student_x4.safetensors"]  # the teacher is not gated
     assert [f["dataset"] for f in g["failures"]] == ["Synth"]
-    assert r.stderr.startswith("error: quality gate failed") and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: quality gate failed")
+    assert "Traceback" not in r.stderr
+    # an undertrained student is called out next to the bicubic row it fails to beat
+    assert "scores below bicubic on Synth" in r.stderr and any("below bicubic" in n for n in doc["notes"])
     # per-dataset thresholds override the global one; a met gate exits 0
     r = _cli(models["teacher"], models["student"], "--data", synth, "--no-bench",
              "--fail-under-psnr", "99", "--fail-under-psnr", "Synth=0")

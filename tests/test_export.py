@@ -380,7 +380,7 @@ def test_cli_table(teacher_file, tmp_path):
 @pytest.mark.parametrize("args, code, needle", [
     (["{missing}", "-o", "{out}"], 1, "does not exist"),
     (["{onnx}", "-o", "{out}"], 1, "already an ONNX model"),
-    (["{model}", "-o", "{dir}"], 1, "is a directory"),
+    (["{model}", "-o", "{out}.pt"], 2, "must end in .onnx"),
     (["{model}", "-o", "{exists}"], 1, "already exists"),
     (["{model}", "-o", "{out}", "--static-size", "abc"], 2, "--static-size"),
     (["{model}", "-o", "{out}", "--static-size", "0x5"], 2, "--static-size"),
@@ -402,3 +402,14 @@ def test_cli_bad_inputs(teacher_file, tmp_path, args, code, needle):
     assert err.startswith("error:") and needle in err and len(err.splitlines()) == 1, err
     assert "Traceback" not in r.output and r.stdout == ""
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_cli_output_folder_receives_model_stem_onnx(tmp_path, teacher_file):
+    from typer.testing import CliRunner
+
+    from srdistill.cli import app
+
+    folder = tmp_path / "exports"
+    r = CliRunner().invoke(app, ["export", str(teacher_file), "-o", f"{folder}/", "--no-simplify"])
+    assert r.exit_code == 0, r.output
+    assert (folder / (teacher_file.stem + ".onnx")).is_file()

@@ -23,7 +23,12 @@ def _no_color() -> bool:
 
 
 def stdout_console() -> Console:
-    return Console(no_color=_no_color(), soft_wrap=False, highlight=False)
+    """Results. Piped into a file or a CI log there is no terminal width to respect, and rich's
+    fallback of 80 columns would cut table cells: use a wide fixed width instead."""
+    console = Console(no_color=_no_color(), soft_wrap=False, highlight=False)
+    if not console.is_terminal:
+        console = Console(no_color=_no_color(), soft_wrap=False, highlight=False, width=250)
+    return console
 
 
 def stderr_console() -> Console:

@@ -696,6 +696,18 @@ def evaluate(opts: EvalOptions, reporter: Reporter = NULL) -> EvalReport:
             rep.warn("--fail-under-psnr: no student to check (the only model is the teacher)")
             notes.append("quality gate: no student model to check")
 
+    base = next((r for r in rows if r.role == "baseline"), None)
+    if base is not None:
+        for r in rows:
+            if r.role != "student":
+                continue
+            for ds in datasets:
+                v, b = r.datasets[ds["name"]]["psnr"], base.datasets[ds["name"]]["psnr"]
+                if v < b:
+                    msg = (f"{r.name} scores below bicubic on {ds['name']} ({v:.2f} < {b:.2f} dB): "
+                           "it is undertrained; distill with more --steps or data")
+                    rep.warn(msg)
+                    notes.append(msg)
     for d in datasets:
         d.pop("pairs", None)
     return EvalReport(

@@ -74,6 +74,10 @@ def distill_cmd(
 
     def body():
         from ..distill.trainer import DistillConfig, distill
+        from ..errors import UsageError
+
+        if no_val and val:
+            raise UsageError("--no-val and --val contradict each other", hint="give one of them")
 
         cfg = DistillConfig(
             teacher=str(teacher), student_width=student_width, student_depth=student_depth,

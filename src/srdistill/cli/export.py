@@ -25,7 +25,8 @@ def _diff(v) -> str:
 @app.command("export")
 def export_cmd(
     model: Path = typer.Argument(..., help="A checkpoint: .safetensors, .pth, .pt or .ckpt."),
-    output: Path = typer.Option(..., "-o", "--output", help="The .onnx file to write."),
+    output: str = typer.Option(..., "-o", "--output", help="The .onnx file to write, or a folder (an existing "
+                                                           "one, or a path ending in /) to write <model>.onnx into."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (13 to 20)."),
     fp16: bool = typer.Option(False, "--fp16", help="fp16 weights and compute inside (float32 input/output); "
                               "refused where fp16 overflows or drifts more than 2e-2."),
@@ -53,7 +54,7 @@ def export_cmd(
         opts = ExportOptions(opset=opset, fp16=fp16, simplify=simplify, int8=int8, calibration=calibration,
                              max_psnr_drop=max_psnr_drop, force=force, static_size=parse_static_size(static_size),
                              overwrite=overwrite)
-        result = export_onnx(model, output, opts, reporter=RichReporter(quiet=json_out))
+        result = export_onnx(model, onnx_output_path(model, output), opts, reporter=RichReporter(quiet=json_out))
         if json_out:
             print_json(result)
             return
@@ -101,3 +102,15 @@ def export_cmd(
         con.print(t)
 
     run_cli(body)
+
+
+def onnx_output_path(model: Path, output: str) -> Path:
+    """``-o`` names the .onnx file, or a folder that receives ``<model stem>.onnx``."""
+    from ..errors import UsageError
+
+    out = Path(output)
+    if output.endswith(("/", "\\")) or out.is_dir():
+        return out / (Path(model).stem + ".onnx")
+    if out.suffix.lower() != ".onnx":
+        raise UsageError(f"-o {output!r}: an ONNX file must end in .onnx", hint=f"use -o {out.with_suffix('.onnx')}")
+    return out

@@ -324,6 +324,7 @@ def distill(cfg: DistillConfig, reporter: Reporter = NULL) -> DistillResult:
                                          hint="run without --resume to start fresh")
                 else:
                     check_writable(paths["out"], overwrite=cfg.overwrite)
+                    check_writable(paths["log"], overwrite=cfg.overwrite)
                     if paths["ckpt"].exists() and not cfg.overwrite:
                         raise OutputExistsError(f"a checkpoint of an earlier run exists: {str(paths['ckpt'])!r}",
                                                 hint="pass --resume to continue it, or --overwrite to start over")
@@ -359,6 +360,14 @@ def _validate(cfg: DistillConfig) -> None:
         raise UsageError(f"--checkpoint-every must be at least 1, not {cfg.checkpoint_every}")
     if cfg.val_every is not None and cfg.val_every < 1:
         raise UsageError(f"--val-every must be at least 1, not {cfg.val_every}")
+    if cfg.max_images is not None and cfg.max_images < 1:
+        raise UsageError(f"--max-images must be at least 1, not {cfg.max_images}")
+    for flag, folders in (("--data", cfg.data), ("--val", cfg.val or [])):
+        for f in folders:
+            if not Path(f).exists():
+                raise UsageError(f"{flag} {str(f)!r} does not exist")
+    if not Path(cfg.teacher).exists():
+        raise UsageError(f"teacher {str(cfg.teacher)!r} does not exist")
     LossWeights(cfg.alpha, cfg.feature_weight, cfg.adversarial_weight, cfg.loss).validate()
 
 

@@ -274,6 +274,11 @@ def _read_pickle(p: Path) -> Any:
         raise ModelLoadError(f"{p.name} is not a readable PyTorch checkpoint (truncated or corrupt?): {first}") from None
 
 
+def _is_training_checkpoint(obj: dict) -> bool:
+    return (isinstance(obj.get("format"), int) and "student_arch" in obj and isinstance(obj.get("ema"), dict)
+            and isinstance(obj["ema"].get("module"), dict))
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a checkpoint's tensors and metadata without running any code in it."""
     p = Path(path)
@@ -286,6 +291,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         if not isinstance(obj, dict):
             raise ModelLoadError(f"{p.name} does not hold a state dict (found {type(obj).__name__})")
         metadata = {}
+        if _is_training_checkpoint(obj):
+            # srdistill's own resumable checkpoint (<out>.ckpt): the model in it is the EMA student
+            metadata = {"srdistill.checkpoint_step": json.dumps(int(obj.get("step", 0)))}
+            if isinstance(obj.get("config"), str):
+                metadata["srdistill.config"] = obj["config"]
+            obj = obj["ema"]["module"]
         tensors = canonicalize_state_dict(obj)
     elif ext == ".onnx":
         raise UnsupportedModelError(f"{p.name} is an ONNX file; this command needs a PyTorch/safetensors checkpoint")

@@ -44,6 +44,7 @@ def export_cmd(
                                               help="Export a fixed-size model (required for window-attention "
                                                    "models such as SwinIR; upscale must then tile at this size)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (warnings and errors only)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
 ) -> None:
     """Export a model to ONNX and verify it against PyTorch at several input sizes."""
@@ -54,7 +55,7 @@ def export_cmd(
         opts = ExportOptions(opset=opset, fp16=fp16, simplify=simplify, int8=int8, calibration=calibration,
                              max_psnr_drop=max_psnr_drop, force=force, static_size=parse_static_size(static_size),
                              overwrite=overwrite)
-        result = export_onnx(model, onnx_output_path(model, output), opts, reporter=RichReporter(quiet=json_out))
+        result = export_onnx(model, onnx_output_path(model, output), opts, reporter=RichReporter(quiet=quiet or json_out))
         if json_out:
             print_json(result)
             return

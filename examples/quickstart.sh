@@ -11,11 +11,11 @@ mkdir -p "$OUT"
 TEACHER="$(python -m srdistill.assets teacher)"
 VAL="$(python -m srdistill.assets val)"
 SAMPLE="$(python -m srdistill.assets sample)"
-STEPS="${SRDISTILL_QUICKSTART_STEPS:-300}"
+STEPS="${SRDISTILL_QUICKSTART_STEPS:-1000}"
 
 echo "== 1/4 distill: bundled DCTLSA x4 teacher -> Compact 32 ch / 8 convs ($STEPS steps, built-in photos)"
 srdistill distill "$TEACHER" --student-arch compact --student-width 32 --student-depth 8 \
-  --steps "$STEPS" --batch-size 8 --patch-size 32 --lr 1e-3 \
+  --steps "$STEPS" --batch-size 16 --patch-size 32 --lr 1e-3 --val-every 500 \
   --out "$OUT/student.safetensors" --overwrite
 
 echo "== 2/4 eval: teacher vs student vs bicubic (Y-PSNR/SSIM, params, FLOPs, latency)"

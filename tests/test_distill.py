@@ -279,3 +279,10 @@ def test_training_checkpoint_loads_as_its_ema_model_and_bad_paths_fail_early(tea
                      out=str(tmp_path / "u.safetensors")))
     with pytest.raises(UsageError, match="--max-images"):
         distill(_cfg(teacher_path, data_dir, tmp_path, steps=1, max_images=0, out=str(tmp_path / "v.safetensors")))
+
+
+def test_a_killed_runs_own_log_is_replaced_by_a_fresh_start(teacher_path, data_dir, tmp_path):
+    log = tmp_path / "s.train.jsonl"
+    log.write_text(json.dumps({"event": "start", "step": 0, "srdistill": "0.1.0"}) + "\n")  # no checkpoint yet
+    distill(_cfg(teacher_path, data_dir, tmp_path, steps=2))
+    assert json.loads(log.read_text().splitlines()[-1])["event"] == "end"

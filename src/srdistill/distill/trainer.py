@@ -146,6 +146,16 @@ def _remove_stale_partials(paths: dict[str, Path]) -> None:
                 tmp.unlink()
 
 
+def _written_by_srdistill(log: Path) -> bool:
+    """True if ``log`` is a training log srdistill started (its first line is our start event)."""
+    try:
+        with open(log, encoding="utf-8") as f:
+            first = json.loads(f.readline() or "null")
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(first, dict) and first.get("event") == "start" and "srdistill" in first
+
+
 class RunLock:
     """``<out>.lock`` created exclusively: a second run on the same output refuses to start."""
 
@@ -324,7 +334,8 @@ def distill(cfg: DistillConfig, reporter: Reporter = NULL) -> DistillResult:
                                          hint="run without --resume to start fresh")
                 else:
                     check_writable(paths["out"], overwrite=cfg.overwrite)
-                    check_writable(paths["log"], overwrite=cfg.overwrite)
+                    if not _written_by_srdistill(paths["log"]):  # a killed run's own log may be replaced
+                        check_writable(paths["log"], overwrite=cfg.overwrite)
                     if paths["ckpt"].exists() and not cfg.overwrite:
                         raise OutputExistsError(f"a checkpoint of an earlier run exists: {str(paths['ckpt'])!r}",
                                                 hint="pass --resume to continue it, or --overwrite to start over")

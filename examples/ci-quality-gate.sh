@@ -7,13 +7,13 @@ set -uo pipefail
 TEACHER="${TEACHER:-$(python -m srdistill.assets teacher)}"
 DATA="${DATA:-$(python -m srdistill.assets train)}"
 VAL="${VAL:-$(python -m srdistill.assets val)}"
-MIN_PSNR="${MIN_PSNR:-20.0}"
-STEPS="${STEPS:-200}"
+MIN_PSNR="${MIN_PSNR:-29.5}"  # bicubic scores 29.34 dB on the built-in val photos
+STEPS="${STEPS:-1000}"
 OUT="${OUT:-ci-out}"
 mkdir -p "$OUT"
 
 srdistill distill "$TEACHER" --student-arch compact --student-width 32 --student-depth 8 --data "$DATA" \
-  --steps "$STEPS" --batch-size 8 --out "$OUT/student.safetensors" --overwrite --json > "$OUT/distill.json"
+  --steps "$STEPS" --batch-size 16 --out "$OUT/student.safetensors" --overwrite --json > "$OUT/distill.json"
 rc=$?
 if [ $rc -ne 0 ]; then echo "distill failed (exit $rc)" >&2; exit $rc; fi
 python -c "import json,sys; d=json.load(open(sys.argv[1])); print(f\"distilled {d['student']['params']:,} params, {d['compression_ratio']:.1f}x smaller than the teacher\")" "$OUT/distill.json"

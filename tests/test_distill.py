@@ -286,3 +286,10 @@ def test_a_killed_runs_own_log_is_replaced_by_a_fresh_start(teacher_path, data_d
     log.write_text(json.dumps({"event": "start", "step": 0, "srdistill": "0.1.0"}) + "\n")  # no checkpoint yet
     distill(_cfg(teacher_path, data_dir, tmp_path, steps=2))
     assert json.loads(log.read_text().splitlines()[-1])["event"] == "end"
+
+
+def test_gt_size_sets_the_hr_patch_like_basicsr(teacher_path, data_dir, tmp_path):
+    res = distill(_cfg(teacher_path, data_dir, tmp_path, steps=1, gt_size=24))  # x2 teacher: LR patch 12
+    assert json.loads(load_model(res.out).metadata["srdistill.config"])["patch_size"] == 12
+    with pytest.raises(UsageError, match="--gt-size"):
+        distill(_cfg(teacher_path, data_dir, tmp_path, steps=1, gt_size=25, out=str(tmp_path / "b.safetensors")))

@@ -34,6 +34,8 @@ def distill_cmd(
     steps: int = typer.Option(5000, "--steps", help="Optimiser steps."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", help="Patches per step (per rank under torchrun)."),
     patch_size: int = typer.Option(32, "--patch-size", "-p", help="LR patch size in pixels (HR = x scale)."),
+    gt_size: Optional[int] = typer.Option(None, "--gt-size", help="HR patch size instead of --patch-size "
+                                                                  "(BasicSR/traiNNer gt_size; a multiple of the scale)."),
     lr: float = typer.Option(5e-4, "--lr", help="Peak learning rate (AdamW, warm-up then cosine decay)."),
     weight_decay: float = typer.Option(0.0, "--weight-decay", help="AdamW weight decay."),
     warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Default: 5% of --steps, at most 500."),
@@ -83,7 +85,7 @@ def distill_cmd(
             teacher=str(teacher), student_width=student_width, student_depth=student_depth,
             student_arch=student_arch, allow_wider=allow_wider, data=[str(d) for d in data],
             val=[] if no_val else ([str(v) for v in val] if val else None), lr_only=lr_only, steps=steps,
-            batch_size=batch_size, patch_size=patch_size, lr=lr, weight_decay=weight_decay,
+            batch_size=batch_size, patch_size=patch_size, gt_size=gt_size, lr=lr, weight_decay=weight_decay,
             warmup_steps=warmup_steps, grad_clip=grad_clip, alpha=alpha, loss=loss, feature_weight=feature_weight,
             adversarial_weight=adversarial_weight, ema_decay=ema_decay, val_every=val_every,
             checkpoint_every=checkpoint_every, out=str(out), resume=resume, overwrite=overwrite, device=device,

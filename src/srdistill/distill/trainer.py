@@ -52,6 +52,7 @@ class DistillConfig:
     steps: int = 5000
     batch_size: int = 16
     patch_size: int = 32  # LR pixels
+    gt_size: int | None = None  # HR patch size (BasicSR's gt_size); overrides patch_size once the scale is known
     lr: float = 5e-4
     weight_decay: float = 0.0
     warmup_steps: int | None = None
@@ -377,8 +378,6 @@ def _validate(cfg: DistillConfig) -> None:
         for f in folders:
             if not Path(f).exists():
                 raise UsageError(f"{flag} {str(f)!r} does not exist")
-    if not Path(cfg.teacher).exists():
-        raise UsageError(f"teacher {str(cfg.teacher)!r} does not exist")
     LossWeights(cfg.alpha, cfg.feature_weight, cfg.adversarial_weight, cfg.loss).validate()
 
 
@@ -397,6 +396,11 @@ def _run(cfg, rep, ctx, device, precision, paths, load_model, build_student, com
                             allow_wider=cfg.allow_wider, seed=cfg.seed)
     student.module.to(device).train()
     comp = compression(teacher, student)
+    if cfg.gt_size is not None:
+        if cfg.gt_size % teacher.scale or cfg.gt_size // teacher.scale < 4:
+            raise UsageError(f"--gt-size {cfg.gt_size} must be a multiple of the scale ({teacher.scale}) and at "
+                             f"least {4 * teacher.scale}")
+        cfg.patch_size = cfg.gt_size // teacher.scale
     rep.info(f"teacher: {teacher.architecture} x{teacher.scale}, {teacher.params:,} params ({teacher.name})")
     rep.info(f"student: {student.architecture} x{student.scale}, {student.params:,} params "
              f"({comp['ratio']:.1f}x smaller)")

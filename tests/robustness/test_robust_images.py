@@ -7,6 +7,7 @@ are broken (``srdistill.upscale``; skipped where that module is absent).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -14,6 +15,7 @@ import os
 import resource
 import signal
 import struct
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -332,16 +334,27 @@ class _FullDisk:
 
 @pytest.fixture
 def file_size_limit():
-    """A real OS-level write failure (EFBIG) past ``n`` bytes, for writers outside Python (Rust, C++)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    """A real OS-level write failure (EFBIG) past ``n`` bytes, for writers outside Python (Rust, C++).
 
+    Use as ``with file_size_limit(n): ...``: the limit covers the whole process, so it must be
+    lifted before pytest writes its own report (a redirected stdout is a file too).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+
+    @contextlib.contextmanager
     def limit(n: int):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (n, hard))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, old)
 
     yield limit
     resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    signal.signal(signal.SIGXFSZ, old)
 
 
 @pytest.mark.parametrize("ext", [".png", ".jpg", ".webp", ".tif"])
@@ -364,9 +377,8 @@ def test_real_write_failure_inside_the_encoders(tmp_path, tally, file_size_limit
     """The kernel refuses the write (EFBIG past a file-size limit) while Pillow's C encoders write
     straight to the descriptor: still one clear error and no file."""
     big = images_mod.Image(rgb=np.random.default_rng(0).random((128, 128, 3), dtype=np.float32))
-    file_size_limit(2048)
     with tally.case(CATEGORY, f"write refused by the OS: {ext}"):
-        with pytest.raises(SrDistillError) as ei:
+        with pytest.raises(SrDistillError) as ei, file_size_limit(2048):
             write_image(tmp_path / f"out{ext}", big)
         assert "\n" not in str(ei.value) and "out" in str(ei.value)
     assert _listing(tmp_path) == [], _listing(tmp_path)
@@ -379,12 +391,11 @@ def test_real_write_failure_in_rust_and_cxx_writers(tmp_path, tally, file_size_l
 
     model = model_from_state_dict(tiny_compact(num_feat=16).state_dict())
     big = images_mod.Image(rgb=np.random.default_rng(0).random((64, 64, 3), dtype=np.float32), bit_depth=16)
-    file_size_limit(2048)
     with tally.case(CATEGORY, "file too large: safetensors student"):
-        with pytest.raises(SrDistillError, match="cannot write .*too large"):
+        with pytest.raises(SrDistillError, match="cannot write .*too large"), file_size_limit(2048):
             save_student(tmp_path / "student.safetensors", model)
     with tally.case(CATEGORY, "file too large: 16-bit png"):
-        with pytest.raises(SrDistillError, match="cannot write .*too large"):
+        with pytest.raises(SrDistillError, match="cannot write .*too large"), file_size_limit(2048):
             write_image(tmp_path / "big16.png", big)
     assert _listing(tmp_path) == [], _listing(tmp_path)
 

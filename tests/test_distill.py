@@ -293,3 +293,13 @@ def test_gt_size_sets_the_hr_patch_like_basicsr(teacher_path, data_dir, tmp_path
     assert json.loads(load_model(res.out).metadata["srdistill.config"])["patch_size"] == 12
     with pytest.raises(UsageError, match="--gt-size"):
         distill(_cfg(teacher_path, data_dir, tmp_path, steps=1, gt_size=25, out=str(tmp_path / "b.safetensors")))
+
+
+def test_teacher_cache_dir_that_is_a_file_is_a_clear_error(teacher_path, data_dir, tmp_path):
+    f = tmp_path / "not-a-folder"
+    f.write_text("x")
+    r = CliRunner().invoke(app, ["distill", str(teacher_path), "-w", "8", "-d", "2", "--data", str(data_dir),
+                                 "--no-val", "--steps", "1", "-p", "16", "--teacher-cache-dir", str(f),
+                                 "-o", str(tmp_path / "s.safetensors")])
+    assert r.exit_code == 2 and r.stderr.strip().startswith("error:") and "teacher cache folder" in r.stderr
+    assert "Traceback" not in r.output and not (tmp_path / "s.safetensors").exists()

@@ -378,6 +378,9 @@ def _validate(cfg: DistillConfig) -> None:
         for f in folders:
             if not Path(f).exists():
                 raise UsageError(f"{flag} {str(f)!r} does not exist")
+    if cfg.teacher_cache_dir and Path(cfg.teacher_cache_dir).exists() and not Path(cfg.teacher_cache_dir).is_dir():
+        raise UsageError(f"cannot use teacher cache folder {cfg.teacher_cache_dir!r}: it is a file",
+                         hint="give a folder (it is created if missing)")
     LossWeights(cfg.alpha, cfg.feature_weight, cfg.adversarial_weight, cfg.loss).validate()
 
 

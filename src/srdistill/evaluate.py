@@ -70,18 +70,11 @@ def run_sr(model, lr_u8: torch.Tensor, scale: int, *, device: torch.device | str
         if not self_ensemble:
             y = once(x)
         else:
-            from .data.datasets import augment
+            from .data.datasets import augment, unaugment
 
             acc = None
             for code in range(8):
-                out = once(augment(x, code))
-                # undo: transpose, then vertical flip, then horizontal flip (reverse order)
-                if code & 4:
-                    out = out.transpose(-1, -2)
-                if code & 2:
-                    out = out.flip(-2)
-                if code & 1:
-                    out = out.flip(-1)
+                out = unaugment(once(augment(x, code)), code)
                 acc = out if acc is None else acc + out
             y = acc / 8
     return y.clamp(0, 1).float().cpu()

@@ -77,22 +77,15 @@ def lr_partner(lr_dir: Path, hr_path: Path, scale: int) -> Path | None:
 
 
 def _list(folder: Path, recursive: bool = True) -> list[Path]:
-    from .images import IMAGE_EXTENSIONS
+    """Image files under ``folder`` (sorted), leaving out the LR half of a paired layout."""
+    from .images import scan_folder
 
-    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in IMAGE_EXTENSIONS}
     if not folder.exists():
         raise UsageError(f"data folder {str(folder)!r} does not exist")
     if folder.is_file():
         return [folder]
-    out = []
-    it = folder.rglob("*") if recursive else folder.iterdir()
-    for p in it:
-        rel = p.relative_to(folder).parts[:-1]
-        if any(_LR_DIR.match(part) for part in rel):
-            continue  # the LR half of a paired layout is not HR data
-        if p.is_file() and p.suffix.lower() in exts:
-            out.append(p)
-    return sorted(out)
+    return sorted(p for p in scan_folder(folder, recursive)
+                  if not any(_LR_DIR.match(part) for part in p.relative_to(folder).parts[:-1]))
 
 
 @dataclass
@@ -246,6 +239,17 @@ def augment(t: torch.Tensor, code: int) -> torch.Tensor:
         t = t.flip(-2)
     if code & 4:
         t = t.transpose(-1, -2)
+    return t
+
+
+def unaugment(t: torch.Tensor, code: int) -> torch.Tensor:
+    """The inverse of :func:`augment` (the same steps in reverse order)."""
+    if code & 4:
+        t = t.transpose(-1, -2)
+    if code & 2:
+        t = t.flip(-2)
+    if code & 1:
+        t = t.flip(-1)
     return t
 
 

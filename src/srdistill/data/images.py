@@ -959,7 +959,8 @@ def _is_image_name(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
 
 
-def _scan_dir(folder: Path, recursive: bool) -> list[Path]:
+def scan_folder(folder: Path, recursive: bool) -> list[Path]:
+    """Image files (``IMAGE_EXTENSIONS``, hidden files and folders skipped) in ``folder``, unsorted."""
     found: list[Path] = []
     if recursive:
         for root, dirs, files in os.walk(folder):
@@ -985,7 +986,7 @@ def list_images(inputs: Iterable[str | os.PathLike], recursive: bool = False) ->
         s = os.fspath(inp)
         p = Path(s)
         if p.is_dir():
-            matches = _scan_dir(p, recursive)
+            matches = scan_folder(p, recursive)
             if not matches:
                 hint = None if recursive else "pass --recursive to look in subfolders"
                 raise UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {s!r}", hint=hint)
@@ -996,7 +997,7 @@ def list_images(inputs: Iterable[str | os.PathLike], recursive: bool = False) ->
             for m in _glob.glob(s, recursive=recursive):
                 mp = Path(m)
                 if mp.is_dir():
-                    matches.extend(_scan_dir(mp, recursive))
+                    matches.extend(scan_folder(mp, recursive))
                 elif mp.is_file() and _is_image_name(mp):
                     matches.append(mp)
             if not matches:

@@ -174,6 +174,27 @@ def _plan(
     return out_h, out_w, out_h / h, out_w / w
 
 
+def _two_passes(y: torch.Tensor, h: int, w: int, out_h: int, out_w: int, s_h: float, s_w: float,
+                after_pass=None) -> torch.Tensor:
+    """The separable resize both entry points share: one weight-matrix product per dimension, in
+    ``y``'s dtype, the dimension with the smaller scale first (height on ties), as MATLAB does.
+    ``after_pass`` is applied to each pass's result (MATLAB rounds uint8 images after each)."""
+
+    def along_h(t: torch.Tensor) -> torch.Tensor:
+        if out_h == h and s_h == 1.0:
+            return t
+        t = torch.matmul(_matrix_torch(h, out_h, s_h, t.dtype, t.device), t)
+        return after_pass(t) if after_pass else t
+
+    def along_w(t: torch.Tensor) -> torch.Tensor:
+        if out_w == w and s_w == 1.0:
+            return t
+        t = torch.matmul(t, _matrix_torch(w, out_w, s_w, t.dtype, t.device).t())
+        return after_pass(t) if after_pass else t
+
+    return along_w(along_h(y)) if s_h <= s_w else along_h(along_w(y))
+
+
 def imresize(
     x: torch.Tensor, scale: float | None = None, size: tuple[int, int] | None = None
 ) -> torch.Tensor:
@@ -201,23 +222,7 @@ def imresize(
     work_dtype = in_dtype if in_dtype in (torch.float32, torch.float64) else torch.float32
     y = x.to(work_dtype)
 
-    def along_h(t: torch.Tensor) -> torch.Tensor:
-        if out_h == h and s_h == 1.0:
-            return t
-        m = _matrix_torch(h, out_h, s_h, work_dtype, t.device)
-        return torch.matmul(m, t)
-
-    def along_w(t: torch.Tensor) -> torch.Tensor:
-        if out_w == w and s_w == 1.0:
-            return t
-        m = _matrix_torch(w, out_w, s_w, work_dtype, t.device)
-        return torch.matmul(t, m.t())
-
-    # MATLAB resizes the dimension with the smaller scale first (height on ties)
-    if s_h <= s_w:
-        y = along_w(along_h(y))
-    else:
-        y = along_h(along_w(y))
+    y = _two_passes(y, h, w, out_h, out_w, s_h, s_w)
     if y is x:
         y = x.clone()
     return y.to(in_dtype)
@@ -274,17 +279,7 @@ def imresize_uint8(
         out_h, out_w, s_h, s_w = _plan(h, w, scale, size)
         y = x.to(torch.float64)
 
-        def along_h(t: torch.Tensor) -> torch.Tensor:
-            if out_h == h and s_h == 1.0:
-                return t
-            return _round_u8(torch.matmul(_matrix_torch(h, out_h, s_h, torch.float64, t.device), t))
-
-        def along_w(t: torch.Tensor) -> torch.Tensor:
-            if out_w == w and s_w == 1.0:
-                return t
-            return _round_u8(torch.matmul(t, _matrix_torch(w, out_w, s_w, torch.float64, t.device).t()))
-
-        y = along_w(along_h(y)) if s_h <= s_w else along_h(along_w(y))
+        y = _two_passes(y, h, w, out_h, out_w, s_h, s_w, after_pass=_round_u8)
         return y.to(torch.uint8)
     arr = np.asarray(x)
     if arr.dtype != np.uint8:

@@ -303,13 +303,6 @@ def _set_rng_state(gen: torch.Generator, st: dict) -> None:
 
 def distill(cfg: DistillConfig, reporter: Reporter = NULL) -> DistillResult:
     """Train a student to imitate ``cfg.teacher``; returns what was done and where it went."""
-    from ..models.checkpoint import save_student
-    from ..models.families import get_family
-    from ..models.loading import load_model
-    from ..models.students import build_student, compression
-    from ..data.datasets import (PatchSampler, builtin_train_dir, builtin_val_dir, fill_teacher_cache,
-                                 load_eval_pairs, load_train_images)
-
     ctx = dist_util.context()
     _validate(cfg)
     device = ctx.device if ctx.enabled else resolve_device(cfg.device)
@@ -350,9 +343,7 @@ def distill(cfg: DistillConfig, reporter: Reporter = NULL) -> DistillResult:
     if startup_error is not None:
         raise startup_error
     try:
-        return _run(cfg, rep, ctx, device, precision, paths, load_model, build_student, compression, save_student,
-                    get_family, PatchSampler, builtin_train_dir, builtin_val_dir, fill_teacher_cache,
-                    load_eval_pairs, load_train_images)
+        return _run(cfg, rep, ctx, device, precision, paths)
     finally:
         lock.release()
 
@@ -384,8 +375,14 @@ def _validate(cfg: DistillConfig) -> None:
     LossWeights(cfg.alpha, cfg.feature_weight, cfg.adversarial_weight, cfg.loss).validate()
 
 
-def _run(cfg, rep, ctx, device, precision, paths, load_model, build_student, compression, save_student, get_family,
-         PatchSampler, builtin_train_dir, builtin_val_dir, fill_teacher_cache, load_eval_pairs, load_train_images):
+def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision: str, paths: dict[str, Path]):
+    from ..models.checkpoint import save_student
+    from ..models.families import get_family
+    from ..models.loading import load_model
+    from ..models.students import build_student, compression
+    from ..data.datasets import (PatchSampler, builtin_train_dir, builtin_val_dir, fill_teacher_cache,
+                                 load_eval_pairs, load_train_images)
+
     t_start = time.monotonic()
     teacher = load_model(cfg.teacher, device=device)
     teacher.module.eval()

@@ -40,8 +40,21 @@ def distill_cmd(
     weight_decay: float = typer.Option(0.0, "--weight-decay", help="AdamW weight decay."),
     warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Default: 5% of --steps, at most 500."),
     grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient norm clip (0: off)."),
-    alpha: float = typer.Option(0.5, "--alpha", help="Weight of the teacher term: "
-                                                     "alpha*L(student, teacher) + (1-alpha)*L(student, HR)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Weight of the teacher term: "
+                                                     "alpha*L(student, teacher) + (1-alpha)*L(student, HR); the "
+                                                     "start value of a moving --alpha-schedule. Default: 0.5 "
+                                                     "(constant), 1.0 (eco, linear)."),
+    alpha_schedule: str = typer.Option("constant", "--alpha-schedule",
+                                       help="constant, eco (teacher -> ground truth over the first half of the "
+                                            "run, AAAI'24 ECO) or linear (over the whole run)."),
+    alpha_end: Optional[float] = typer.Option(None, "--alpha-end", help="Final alpha of eco/linear (default 0)."),
+    upcycle: bool = typer.Option(False, "--upcycle", help="Data upcycling (DUKD): zoom-in (HR crops as inputs) "
+                                                          "and zoom-out (LR shrunk again) inputs labelled by the "
+                                                          "teacher, mixed into each batch."),
+    upcycle_ratio: Optional[float] = typer.Option(None, "--upcycle-ratio",
+                                                  help="Share of each batch from upcycled inputs (default 0.25)."),
+    init: str = typer.Option("random", "--init", help="Student start: random, or teacher (same family: the "
+                                                      "teacher's most important channels and blocks)."),
     loss: str = typer.Option("l1", "--loss", help="Pixel loss: l1, charbonnier or mse."),
     feature_weight: float = typer.Option(0.0, "--feature-weight",
                                          help="Weight of feature distillation (FitNet, 1x1 adapters); 0 = off."),
@@ -86,7 +99,8 @@ def distill_cmd(
             student_arch=student_arch, allow_wider=allow_wider, data=[str(d) for d in data],
             val=[] if no_val else ([str(v) for v in val] if val else None), lr_only=lr_only, steps=steps,
             batch_size=batch_size, patch_size=patch_size, gt_size=gt_size, lr=lr, weight_decay=weight_decay,
-            warmup_steps=warmup_steps, grad_clip=grad_clip, alpha=alpha, loss=loss, feature_weight=feature_weight,
+            warmup_steps=warmup_steps, grad_clip=grad_clip, alpha=alpha, alpha_schedule=alpha_schedule,
+            alpha_end=alpha_end, upcycle=upcycle, upcycle_ratio=upcycle_ratio, init=init, loss=loss, feature_weight=feature_weight,
             adversarial_weight=adversarial_weight, ema_decay=ema_decay, val_every=val_every,
             checkpoint_every=checkpoint_every, out=str(out), resume=resume, overwrite=overwrite, device=device,
             precision=precision, seed=seed, teacher_cache=teacher_cache,

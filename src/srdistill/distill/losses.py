@@ -37,6 +37,7 @@ class LossWeights:
     adversarial: float
     pixel: str = "l1"
     has_hr: bool = True
+    schedule: str | None = None  # description of a moving alpha (the formula then shows "a")
 
     def validate(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -65,6 +66,10 @@ class LossWeights:
         n = PIXEL_NAMES[self.pixel.lower()]
         names = {"kd": f"{n}(student, teacher)", "hr": f"{n}(student, HR)",
                  "feature": "feature(student, teacher)", "adv": "GAN(student vs teacher)"}
+        if self.schedule and self.has_hr:
+            terms = {"kd": "a", "hr": "(1-a)", **{k: f"{w:g}" for k, w in self.terms().items() if k in ("feature", "adv")}}
+            return ("loss = " + " + ".join(f"{w}*{names[k]}" for k, w in terms.items())
+                    + f", a = {self.schedule}")
         return "loss = " + " + ".join(f"{w:g}*{names[k]}" for k, w in self.terms().items())
 
 

@@ -30,6 +30,7 @@ from ..errors import Interrupted, OutputExistsError, SrDistillError, TrainingErr
 from ..fileio import atomic_path, check_writable
 from ..progress import NULL, Reporter
 from . import distributed as dist_util
+from .schedule import make_schedule
 from .losses import (Adapters, FeatureTaps, LossWeights, PatchDiscriminator, feature_loss, gan_loss, pair_taps,
                      pixel_loss)
 
@@ -37,6 +38,8 @@ NAN_HOOK_ENV = "SRDISTILL_TEST_NAN_AT_STEP"  # test hook: inject a NaN loss at t
 SIGNAL_HOOK_ENV = "SRDISTILL_TEST_SIGTERM_AT_STEP"
 RANK_DUMP_ENV = "SRDISTILL_TEST_DUMP_RANK_WEIGHTS"  # test hook: each rank saves its final weights here  # test hook: behave as if SIGTERM arrived after this step
 CKPT_FORMAT = 1
+UPCYCLE_RATIO = 0.25  # default share of upcycled patches per batch with --upcycle
+INITS = ("random", "teacher")
 
 
 @dataclass
@@ -57,7 +60,12 @@ class DistillConfig:
     weight_decay: float = 0.0
     warmup_steps: int | None = None
     grad_clip: float = 1.0
-    alpha: float = 0.5
+    alpha: float | None = None  # None: the schedule's default start (0.5 constant, 1.0 eco/linear)
+    alpha_schedule: str = "constant"
+    alpha_end: float | None = None
+    upcycle: bool = False
+    upcycle_ratio: float | None = None  # None: UPCYCLE_RATIO
+    init: str = "random"
     loss: str = "l1"
     feature_weight: float = 0.0
     adversarial_weight: float = 0.0
@@ -372,6 +380,23 @@ def _validate(cfg: DistillConfig) -> None:
     if cfg.teacher_cache_dir and Path(cfg.teacher_cache_dir).exists() and not Path(cfg.teacher_cache_dir).is_dir():
         raise UsageError(f"cannot use teacher cache folder {cfg.teacher_cache_dir!r}: it is a file",
                          hint="give a folder (it is created if missing)")
+    sched = make_schedule(cfg.alpha_schedule, cfg.alpha, cfg.alpha_end, cfg.steps)
+    cfg.alpha, cfg.alpha_end, cfg.alpha_schedule = sched.start, sched.end, sched.name
+    if cfg.upcycle_ratio is not None and not 0 < cfg.upcycle_ratio < 1:
+        raise UsageError(f"--upcycle-ratio must be between 0 and 1 (exclusive), not {cfg.upcycle_ratio}",
+                         hint=f"e.g. {UPCYCLE_RATIO}: that share of each batch comes from upcycled inputs")
+    if cfg.upcycle_ratio is not None and not cfg.upcycle:
+        raise UsageError("--upcycle-ratio needs --upcycle")
+    if cfg.upcycle and not cfg.teacher_cache:
+        raise UsageError("--upcycle labels its inputs through the teacher cache",
+                         hint="drop --no-teacher-cache or --upcycle")
+    if cfg.upcycle and cfg.lr_only:
+        raise UsageError("--upcycle needs HR images (zoom-in crops them)", hint="drop --lr-only or --upcycle")
+    if cfg.upcycle and cfg.batch_size < 2:
+        raise UsageError("--upcycle needs --batch-size 2 or more (each batch mixes both kinds of patch)")
+    cfg.init = (cfg.init or "random").strip().lower()
+    if cfg.init not in INITS:
+        raise UsageError(f"unknown --init {cfg.init!r}", hint="use random or teacher")
     LossWeights(cfg.alpha, cfg.feature_weight, cfg.adversarial_weight, cfg.loss).validate()
 
 
@@ -395,6 +420,10 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
     student = build_student(teacher, cfg.student_width, cfg.student_depth, cfg.student_arch,
                             allow_wider=cfg.allow_wider, seed=cfg.seed)
     student.module.to(device).train()
+    if cfg.init == "teacher":  # refused before any data is read
+        from ..models.teacher_init import check_supported
+
+        check_supported(student, teacher)
     comp = compression(teacher, student)
     if cfg.gt_size is not None:
         if cfg.gt_size % teacher.scale or cfg.gt_size // teacher.scale < 4:
@@ -418,13 +447,23 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
              + (f", {stats.skipped_unreadable} unreadable" if stats.skipped_unreadable else "")
              + (" (LR-only: the teacher is the only target)" if cfg.lr_only else ""))
 
-    weights = LossWeights(cfg.alpha, cfg.feature_weight, cfg.adversarial_weight, cfg.loss, has_hr=not cfg.lr_only)
+    if cfg.init == "teacher":
+        from ..models.teacher_init import init_from_teacher
+
+        p = cfg.patch_size
+        probe = torch.stack([im.lr[:, :p, :p] for im in images[:4]]).float().div(255).to(device)
+        init_rep = init_from_teacher(student, teacher, probe)
+        rep.info(init_rep.describe())
+
+    schedule = make_schedule(cfg.alpha_schedule, cfg.alpha, cfg.alpha_end, cfg.steps)
+    weights = LossWeights(schedule.peak(), cfg.feature_weight, cfg.adversarial_weight, cfg.loss,
+                          has_hr=not cfg.lr_only, schedule=schedule.describe() if schedule.varies() else None)
     if cfg.lr_only and cfg.alpha < 1:
         rep.warn("--lr-only has no ground truth: the teacher term gets all the pixel weight")
     crit = pixel_loss(cfg.loss)
     rep.info(weights.formula())
 
-    needs_teacher = bool({"kd", "feature", "adv"} & set(weights.terms()))
+    needs_teacher = bool({"kd", "feature", "adv"} & set(weights.terms())) or cfg.upcycle
     if not needs_teacher:
         rep.info("alpha 0: ground truth only, the teacher is not used (training from scratch)")
     use_cache = cfg.teacher_cache and needs_teacher
@@ -442,6 +481,9 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
         rep.info(f"teacher cache: {len(images)} image(s) in {cache_info['seconds']:.1f} s"
                  + (f" ({fill['reused']} reused from {cfg.teacher_cache_dir})" if fill["reused"] else "")
                  + f", stored as uint8 (targets within {qerr:.5f} = 0.5/255 of the teacher's output)")
+    sampler = PatchSampler(images, teacher.scale, cfg.patch_size)
+    if cfg.upcycle:
+        sampler = _upcycle(cfg, images, teacher, device, rep, cache_info, sampler)
 
     # feature distillation: hooks on corresponding layers, 1x1 adapters where widths differ
     s_taps = t_taps = None
@@ -519,7 +561,6 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
 
     world = ctx.world_size
     global_batch = cfg.batch_size * world
-    sampler = PatchSampler(images, teacher.scale, cfg.patch_size)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
                 if precision in ("bf16", "fp16") else contextlib.nullcontext())
     nan_at = int(os.environ.get(NAN_HOOK_ENV, "0") or 0)
@@ -622,6 +663,7 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
                     batch.lr = batch.lr.contiguous(memory_format=torch.channels_last)
                 terms: dict[str, torch.Tensor] = {}
                 try:
+                    weights.alpha = schedule.at(step)
                     with autocast:
                         t_out = batch.target
                         if t_out is None and needs_teacher:
@@ -682,7 +724,8 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
                 rate = steps_done / max(1e-9, time.monotonic() - t_loop)
                 task.advance(1, **{k: round(v, 5) for k, v in last_terms.items()}, **{"it/s": round(rate, 2)})
                 if log_f and (step % cfg.log_every == 0 or step == cfg.steps):
-                    log({"event": "step", "step": step, **last_terms, "lr": sched.get_last_lr()[0],
+                    log({"event": "step", "step": step, **last_terms, "alpha": weights.alpha,
+                         "lr": sched.get_last_lr()[0],
                          "steps_per_s": rate})
                 if val_pairs and (step % val_every == 0 or step == cfg.steps):
                     rec = validate(step)
@@ -739,6 +782,33 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
     )
 
 
+def _upcycle(cfg: DistillConfig, images, teacher, device, rep: Reporter, cache_info: dict, sampler):
+    """Zoom-in/zoom-out inputs labelled by the teacher (through the cache), mixed into each batch."""
+    from ..data.datasets import PatchSampler, fill_teacher_cache
+    from ..data.upcycle import MixedSampler, label_with_targets, make_upcycled
+
+    t0 = time.monotonic()
+    up = make_upcycled(images, teacher.scale, cfg.patch_size, cfg.seed)
+    if not up:
+        raise UsageError("--upcycle: no image is large enough for a zoom-in or zoom-out input",
+                         hint="lower --patch-size or drop --upcycle")
+    fill = fill_teacher_cache(up, teacher, teacher.scale, device=device, tile=cfg.cache_tile,
+                              min_size=teacher.min_size, multiple_of=teacher.multiple_of, reporter=rep,
+                              cache_dir=cfg.teacher_cache_dir, teacher_key=teacher.sha256 or "")
+    label_with_targets(up)
+    ratio = UPCYCLE_RATIO if cfg.upcycle_ratio is None else cfg.upcycle_ratio
+    k = min(cfg.batch_size - 1, max(1, round(ratio * cfg.batch_size)))
+    n_in = sum(i.name.endswith("#zoom-in") for i in up)
+    mb = sum(i.lr.numel() + i.target.numel() for i in up) / 1e6
+    secs = time.monotonic() - t0
+    cache_info["upcycle"] = {"zoom_in": n_in, "zoom_out": len(up) - n_in, "bytes": int(mb * 1e6),
+                             "seconds": round(secs, 3), "reused": fill["reused"], "per_batch": k}
+    rep.info(f"upcycle: {n_in} zoom-in + {len(up) - n_in} zoom-out input(s) labelled by the teacher, "
+             f"{mb:.1f} MB extra cache, {secs:.1f} s" + (f" ({fill['reused']} reused)" if fill["reused"] else "")
+             + f"; {k} of {cfg.batch_size} patches per batch")
+    return MixedSampler(sampler, PatchSampler(up, teacher.scale, cfg.patch_size), k, cfg.batch_size)
+
+
 def _argv_repr(cfg: DistillConfig) -> list[str]:
     out = [Path(cfg.teacher).name, f"--student-width {cfg.student_width}"]
     if cfg.student_depth:
@@ -749,4 +819,10 @@ def _argv_repr(cfg: DistillConfig) -> list[str]:
         out.append(f"--data {d}")
     for k in ("steps", "batch_size", "patch_size", "lr", "alpha", "seed"):
         out.append(f"--{k.replace('_', '-')} {getattr(cfg, k)}")
+    if cfg.alpha_schedule != "constant":
+        out.append(f"--alpha-schedule {cfg.alpha_schedule} --alpha-end {cfg.alpha_end}")
+    if cfg.upcycle:
+        out.append("--upcycle" + (f" --upcycle-ratio {cfg.upcycle_ratio}" if cfg.upcycle_ratio is not None else ""))
+    if cfg.init != "random":
+        out.append(f"--init {cfg.init}")
     return out

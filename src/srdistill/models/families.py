@@ -34,6 +34,10 @@ class Family:
     head: str = ""
     tail: str = ""
     note: str = ""
+    # --init teacher: a regex whose group 1 is the block index in a state-dict key, and a map
+    # (student index, student depth, teacher depth, chosen teacher blocks) -> teacher index;
+    # ("", None) for a family with a fixed depth; None: not supported
+    teacher_init: tuple[str, Callable[[int, int, int, list[int]], int] | None] | None = None
 
     def cls(self):
         if self.module.startswith("srdistill"):
@@ -53,6 +57,16 @@ class Family:
         return len(v) if isinstance(v, (list, tuple)) else int(v)
 
 
+def _compact_block(i: int, ns: int, nt: int, sel: list[int]) -> int:
+    """Compact's ``body`` is conv, act, (conv, act) x num_conv, conv: map a student index to the teacher's."""
+    if i < 2:
+        return i
+    if i == 2 * ns + 2:
+        return 2 * nt + 2
+    k, off = divmod(i - 2, 2)
+    return 2 * sel[k] + 2 + off
+
+
 def _spandrel(arch: str) -> str:
     return f"spandrel.architectures.{arch}"
 
@@ -66,10 +80,12 @@ def _add(f: Family) -> None:
 
 _add(Family("EDSR", "srdistill.models.archs.edsr", "EDSR", "num_feat", "num_block", "upscale", "num_in_ch",
             "num_out_ch", 16, blocks=lambda hp: [f"body.{i}" for i in range(hp["num_block"])],
-            head="conv_first", tail="in:upsample"))
+            head="conv_first", tail="in:upsample",
+            teacher_init=(r"^body\.(\d+)\.", lambda i, ns, nt, sel: sel[i] if i < ns else nt)))
 _add(Family("ESRGAN", _spandrel("ESRGAN"), "ESRGAN", "num_filters", "num_blocks", "scale", "in_nc", "out_nc", 6,
             min_width=2, blocks=lambda hp: [f"model.1.sub.{i}" for i in range(hp["num_blocks"])],
-            head="model.0", tail="model.1", note="RRDBNet (grow channels fixed at 32)"))
+            head="model.0", tail="model.1", note="RRDBNet (grow channels fixed at 32)",
+            teacher_init=(r"^model\.1\.sub\.(\d+)\.", lambda i, ns, nt, sel: sel[i] if i < ns else nt)))
 _add(Family("RCAN", _spandrel("RCAN"), "RCAN", "n_feats", "n_resgroups", "scale", "n_colors", None, 10,
             min_width=16, extra={"n_resblocks": 20}, blocks=lambda hp: [f"body.{i}" for i in range(hp["n_resgroups"])],
             head="head", tail="in:tail", note="channel attention reduces by 16: width >= 16"))
@@ -80,10 +96,11 @@ _add(Family("SwinIR", _spandrel("SwinIR"), "SwinIR", "embed_dim", "depths", "ups
             note="depth = number of residual Swin stages; width must divide by the heads"))
 _add(Family("SPAN", _spandrel("SPAN"), "SPAN", "feature_channels", None, "upscale", "num_in_ch", "num_out_ch", None,
             fixed_depth=6, blocks=lambda hp: [f"block_{i}" for i in range(1, 7)], head="conv_1", tail="in:conv_cat",
-            note="six SPAB blocks, fixed by the architecture"))
+            note="six SPAB blocks, fixed by the architecture", teacher_init=("", None)))
 _add(Family("Compact", _spandrel("Compact"), "Compact", "num_feat", "num_conv", "upscale", "num_in_ch", "num_out_ch",
             16, blocks=lambda hp: [f"body.{2 * i + 1}" for i in range(1, hp["num_conv"] + 1)], head="body.1",
-            tail=None, note="SRVGGNetCompact; depth = number of 3x3 convs"))
+            tail=None, note="SRVGGNetCompact; depth = number of 3x3 convs",
+            teacher_init=(r"^body\.(\d+)\.", lambda i, ns, nt, sel: _compact_block(i, ns, nt, sel))))
 _add(Family("PLKSR", _spandrel("PLKSR"), "PLKSR", "dim", "n_blocks", "upscaling_factor", None, None, 12,
             width_multiple=4, blocks=lambda hp: [f"feats.{i}" for i in range(1, hp["n_blocks"] + 1)], head="feats.0",
             tail=None, note="width must be a multiple of 4"))

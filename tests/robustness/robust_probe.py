@@ -19,6 +19,7 @@ import os
 import resource
 import signal
 import sys
+import shutil
 import tempfile
 import time
 import traceback
@@ -153,6 +154,7 @@ def main() -> None:
         r["extra_rss_mb"] = round((r["maxrss_kb"] - base) / 1024, 1)
     with open(results_path, "w") as f:
         json.dump(results[1:], f, indent=1)
+    shutil.rmtree(work, ignore_errors=True)  # tests leave no litter in the system temp folder
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import io
 import json
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -43,7 +42,14 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::RuntimeWarning"),
 ]
 
-_WORK = Path(tempfile.mkdtemp(prefix="srdistill-fuzz-"))
+_WORK = Path(".")  # set per module run by the fixture below, inside pytest's own temp folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fuzz_work(tmp_path_factory):
+    global _WORK
+    _WORK = tmp_path_factory.mktemp("fuzz")
+    yield
 
 
 def _valid_safetensors() -> bytes:

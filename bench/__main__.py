@@ -12,7 +12,8 @@ import importlib
 
 from .report import write_report
 
-NAMES = {"eval": "eval_correctness", "distill": "distill_speed", "kd": "kd_vs_scratch", "inference": "inference"}
+NAMES = {"eval": "eval_correctness", "distill": "distill_speed", "kd": "kd_vs_scratch", "inference": "inference",
+         "startup": "startup"}
 
 
 def main(argv=None) -> int:

@@ -27,7 +27,8 @@ import os
 import time
 from pathlib import Path
 
-from .common import RESULTS, machine, need_shared, save
+from . import common
+from .common import need_shared, save
 
 DCTLSA = {"scratch": dict(alpha=0.0), "output-kd": dict(alpha=0.5),
           "eco": dict(alpha_schedule="eco", alpha=1.0, alpha_end=0.0),
@@ -110,7 +111,7 @@ def merge(work: Path, quick: bool = False) -> dict:
 def run(quick: bool = False, steps: int | None = None, seeds=(0, 1), methods: list[str] | None = None,
         work: str | None = None, cache: str | None = None, threads: int | None = None) -> dict:
     steps = steps or (4 if quick else 2000)
-    workdir = Path(work or (RESULTS / ("kd_methods_quick_runs" if quick else "kd_methods_runs")))
+    workdir = Path(work or (common.RESULTS / ("kd_methods_quick_runs" if quick else "kd_methods_runs")))
     workdir.mkdir(parents=True, exist_ok=True)
     cache = cache or os.environ.get("SRDISTILL_BENCH_TEACHER_CACHE")
     todo = methods or [f"{t}:{m}" for t, (_, ms) in PAIRS.items() for m in ms]
@@ -140,7 +141,7 @@ if __name__ == "__main__":
     ap.add_argument("--merge", action="store_true", help="only gather the rows into the results file")
     a = ap.parse_args()
     if a.merge:
-        print(json.dumps(merge(Path(a.work or RESULTS / "kd_methods_runs")), indent=1))
+        print(json.dumps(merge(Path(a.work or common.RESULTS / "kd_methods_runs")), indent=1))
     else:
         run(a.quick, a.steps, tuple(int(s) for s in a.seeds.split(",")),
             a.methods.split(",") if a.methods else None, a.work, a.teacher_cache_dir, a.threads)

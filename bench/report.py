@@ -89,6 +89,67 @@ def _kd(doc: dict) -> list[str]:
     return out
 
 
+def _mean_spread(vals: list[float]) -> str:
+    import statistics
+
+    if not vals:
+        return "-"
+    m = statistics.mean(vals)
+    return f"{m:.3f} ± {(max(vals) - min(vals)) / 2:.3f}" if len(vals) > 1 else f"{m:.3f}"
+
+
+def _kd_methods(doc: dict) -> list[str]:
+    """Mean ± half-range over seeds per (teacher, method), gains over scratch and output-kd."""
+    import statistics
+    from collections import defaultdict
+
+    s = doc["settings"]
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in doc["runs"]:
+        groups[(r["teacher"], r["method"])].append(r)
+    out = ["## KD methods: which recipe beats training from scratch (x4)", "", _machine(doc), "",
+           f"Student {s['student']}, batch {s['batch']}, LR patch {s['lr_patch']}, lr {s['lr']}, data "
+           f"{s['data']}; {s['scored']}. Mean ± half the range over the seeds; every row has the same steps. "
+           "Wall-clock includes the teacher cache fill (`cache s`; 0 where the cache folder already held "
+           "it). Runs ran two at a time, one thread each.", ""]
+    for teacher in dict.fromkeys(t for t, _ in groups):
+        rows = {m: v for (t, m), v in groups.items() if t == teacher}
+        anime = any("set5_teacher_psnr" in r for v in rows.values() for r in v)
+        mean = {m: {k: statistics.mean(r[k] for r in v) for k in ("set5_psnr", "set14_psnr")}
+                for m, v in rows.items()}
+        head = "| method | seeds | steps | Set5 PSNR | Set14 PSNR | Set5 SSIM | Set14 SSIM |"
+        if anime:
+            head += " Set5 vs teacher | Set14 vs teacher |"
+        head += " Δ scratch (Set5 / Set14) | Δ output-kd (Set5 / Set14) | wall s | cache s |"
+        out += [f"### {teacher} -> {s['student']}", "", head, "|" + "---|" * (head.count("|") - 1)]
+        for m, v in rows.items():
+            cells = [m, ",".join(str(r["seed"]) for r in v), str(v[0]["steps"])]
+            cells += [_mean_spread([r[k] for r in v]) for k in ("set5_psnr", "set14_psnr")]
+            cells += [f"{statistics.mean(r[k] for r in v):.4f}" for k in ("set5_ssim", "set14_ssim")]
+            if anime:
+                cells += [_mean_spread([r[k] for r in v if k in r]) for k in ("set5_teacher_psnr", "set14_teacher_psnr")]
+            for ref in ("scratch", "output-kd"):
+                if ref in mean and m != ref:
+                    cells.append(f"{mean[m]['set5_psnr'] - mean[ref]['set5_psnr']:+.3f} / "
+                                 f"{mean[m]['set14_psnr'] - mean[ref]['set14_psnr']:+.3f}")
+                else:
+                    cells.append("-")
+            cells += [f"{statistics.mean(r['seconds'] for r in v):.0f}",
+                      f"{statistics.mean(r['cache_seconds'] for r in v):.0f}"]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return out
+
+
+def _startup(doc: dict) -> list[str]:
+    out = ["## Start-up time (first output on the terminal)", "", _machine(doc), "",
+           f"{doc['settings']['note']}", "", "| command | median s | runs | torch imported |", "|---|---|---|---|"]
+    for k, r in doc["results"].items():
+        out.append(f"| `{k}` | {r['median_s']:.2f} | {r['runs']} | {'yes' if r['torch'] else 'no'} |")
+    out.append("")
+    return out
+
+
 def _inference(doc: dict) -> list[str]:
     s = doc["settings"]
     out = ["## Inference throughput (output megapixels per second)", "", _machine(doc), "",
@@ -115,7 +176,7 @@ def write_report(path: Path | None = None) -> Path:
     path = path or ROOT / "BENCHMARKS.md"
     lines = [INTRO]
     for name, fn in (("eval_correctness", _eval), ("distill_speed", _distill), ("kd_vs_scratch", _kd),
-                     ("inference", _inference)):
+                     ("kd_methods", _kd_methods), ("startup", _startup), ("inference", _inference)):
         doc = _load(name)
         if doc:
             lines += fn(doc)

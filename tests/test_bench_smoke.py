@@ -37,6 +37,23 @@ def test_benchmark_runs_at_toy_size(name, tmp_path, monkeypatch):
     assert written["machine"]["cores"] >= 1
 
 
+def test_kd_methods_study_runs_at_toy_size(tmp_path):
+    from bench import kd_methods
+
+    doc = kd_methods.run(quick=True, methods=["realesr-animevideov3:init-teacher"])
+    (row,) = doc["runs"]
+    assert row["method"] == "init-teacher" and row["steps"] == 4 and "set5_teacher_psnr" in row
+    assert (tmp_path / "kd_methods_quick.json").exists()
+
+
+def test_startup_benchmark_runs_at_toy_size(tmp_path):
+    from bench import startup
+
+    doc = startup.run(quick=True)
+    assert doc["results"]["srdistill info default_x4.onnx"]["torch"] is False
+    assert all(r["median_s"] > 0 for r in doc["results"].values())
+
+
 def test_report_renders_from_results(tmp_path):
     from bench import report
 
@@ -45,6 +62,17 @@ def test_report_renders_from_results(tmp_path):
                     "torch": "t", "onnxruntime": "o"},
         "results": {"Set5 x4": {"psnr": 28.43, "ssim": 0.811, "published_psnr": 28.42, "published_ssim": 0.8104,
                                 "delta_psnr": 0.01, "delta_ssim": 0.0006, "images": 5}}}))
+    machine = {"date": "2026-01-01", "cpu": "x", "cores": 2, "torch_threads": 2, "gpu": None, "python": "3",
+               "torch": "t", "onnxruntime": "o"}
+    run = {"teacher": "T", "student": "compact 32/8", "steps": 10, "seconds": 1.0, "cache_seconds": 0.0,
+           "set5_ssim": 0.8, "set14_ssim": 0.7}
+    (tmp_path / "kd_methods.json").write_text(json.dumps({
+        "machine": machine, "settings": {"student": "compact 32/8", "batch": 16, "lr_patch": 32, "lr": 1e-3,
+                                         "data": "d", "scored": "s"},
+        "runs": [{**run, "method": "scratch", "seed": 0, "set5_psnr": 30.0, "set14_psnr": 27.0},
+                 {**run, "method": "scratch", "seed": 1, "set5_psnr": 30.2, "set14_psnr": 27.2},
+                 {**run, "method": "output-kd", "seed": 0, "set5_psnr": 30.5, "set14_psnr": 27.5}]}))
     out = report.write_report(tmp_path / "B.md")
     text = out.read_text()
     assert "28.430" in text and "Not measured yet" in text
+    assert "| scratch | 0,1 | 10 | 30.100 ± 0.100 |" in text and "+0.400 / +0.400" in text

@@ -131,13 +131,13 @@ def _one_error_line(result) -> str:
 
 def test_info_missing_file(runner, tmp_path):
     result = runner.invoke(app, ["info", str(tmp_path / "nope.pth")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a missing path is a usage error
     assert "nope.pth" in _one_error_line(result)
 
 
 def test_info_missing_file_json(runner, tmp_path):
     result = runner.invoke(app, ["info", str(tmp_path / "nope.pth"), "--json"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     _one_error_line(result)
 
 

@@ -333,10 +333,10 @@ def test_comparison_png_with_crop(synth, models, tmp_path):
     c = doc["comparison"]
     assert c["crop"] == [4, 8, 20, 12] and c["image"] == "img0.png" and c["chosen"] == "given (--crop)"
     assert c["panels"] == ["bicubic", "teacher_x4.safetensors (teacher)", "student_x4.safetensors", "HR"]
-    # 4 panels of 20x12 zoomed 256 // 20 = 12 times: 4 + 4 * (240 + 4) wide, 4 + (144 + 30 + 4) high
+    # 4 panels of 20x12 zoomed 256 // 20 = 12 times: 4 + 4 * (240 + 4) wide, 4 + (144 + 40 + 4) high
     assert grid_size(4, 20, 12) == (4 + 4 * (240 + GRID_PAD), 4 + 144 + GRID_LABEL_HEIGHT + GRID_PAD)
     with Image.open(out) as im:
-        assert im.format == "PNG" and im.size == (980, 182)
+        assert im.format == "PNG" and im.size == (980, 192)
     assert set(c["psnr"]) == {"bicubic", "teacher_x4.safetensors", "student_x4.safetensors"}
     # no overwrite without --overwrite
     r = _cli(models["teacher"], "--data", synth, "--no-bench", "--comparison", out)
@@ -352,8 +352,9 @@ def test_comparison_png_automatic_crop(synth, models, tmp_path):
     # the window is the largest square that fits inside every image's scored area: 36 - 2*4 = 28
     assert (w, h) == (28, 28) and x >= 4 and y >= 4
     with Image.open(out) as im:
-        assert im.size == grid_size(4, 28, 28) == (4 + 4 * (28 * 9 + 4), 4 + 28 * 9 + 30 + 4)
-    assert c["chosen"].startswith("largest PSNR gap")
+        assert im.size == grid_size(4, 28, 28) == (4 + 4 * (28 * 9 + 4), 4 + 28 * 9 + 40 + 4)
+    # the crop shows where the teacher gains most over bicubic, not where the student fails worst
+    assert c["chosen"] == "largest gain of teacher_x4.safetensors over bicubic"
 
 
 def test_save_images(synth, models, tmp_path):
@@ -427,7 +428,7 @@ def test_bad_inputs(synth, models, tmp_path):
         ([models["student"], "--data", synth, "--comparison", tmp_path / "c.jpg"], 2, "PNG"),
         ([models["student"], "--data", synth, "--fail-under-psnr", "Synth=abc"], 2, "--fail-under-psnr"),
         ([models["student"], "--data", synth, "--fail-under-psnr", "Set5=30"], 2, "unknown dataset"),
-        ([tmp_path / "nope.safetensors", "--data", synth], 1, "does not exist"),
+        ([tmp_path / "nope.safetensors", "--data", synth], 2, "does not exist"),
         ([models["student"], "--data", synth, "--device", "tpu"], 2, "--device"),
         ([models["student"], "--data", synth, "--tile", "-1"], 2, "--tile"),
     ]
@@ -436,3 +437,26 @@ def test_bad_inputs(synth, models, tmp_path):
         err = _one_line_error(r, code)
         assert needle in err, (args, err)
         assert r.stdout == "", (args, r.stdout)
+
+
+def test_one_unreadable_image_does_not_sink_eval(tmp_path, models):
+    data = _write_images(tmp_path / "Mixed" / "HR", sizes=((48, 40), (36, 44)))
+    (data / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    r = runner.invoke(app, ["eval", str(models["student"]), "--data", str(data), "--json"])
+    assert r.exit_code == 1, (r.stdout, r.stderr)
+    doc = json.loads(r.stdout)  # the rest was scored and printed
+    ds = doc["datasets"][0]
+    assert ds["images"] == 2 and len(ds["skipped"]) == 1 and ds["skipped"][0].startswith("broken.jpg")
+    assert "1 image(s) could not be read" in r.stderr and "broken.jpg" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_comparison_labels_are_legible():
+    """At least 12 px text from a real (scalable) font, not the 8 px bitmap font."""
+    from srdistill.report import comparison_grid
+
+    crop = np.full((32, 32, 3), 255, np.uint8)
+    img = np.asarray(comparison_grid([("Hg teacher", crop, "")]).convert("L"))
+    strip = img[GRID_PAD + 32 * 8:, :]  # the label strip under the 8x-zoomed panel
+    rows = np.where((strip < 128).any(axis=1))[0]
+    assert rows.size and rows.max() - rows.min() + 1 >= 12, rows

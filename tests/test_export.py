@@ -378,14 +378,14 @@ def test_cli_table(teacher_file, tmp_path):
 
 
 @pytest.mark.parametrize("args, code, needle", [
-    (["{missing}", "-o", "{out}"], 1, "does not exist"),
+    (["{missing}", "-o", "{out}"], 2, "does not exist"),  # a missing path is a usage error
     (["{onnx}", "-o", "{out}"], 1, "already an ONNX model"),
     (["{model}", "-o", "{out}.pt"], 2, "must end in .onnx"),
     (["{model}", "-o", "{exists}"], 1, "already exists"),
     (["{model}", "-o", "{out}", "--static-size", "abc"], 2, "--static-size"),
     (["{model}", "-o", "{out}", "--static-size", "0x5"], 2, "--static-size"),
     (["{model}", "-o", "{out}", "--opset", "12"], 2, "--opset 12"),
-    (["{model}", "-o", "{out}", "--int8", "--calibration", "{missing}"], 1, "does not exist"),
+    (["{model}", "-o", "{out}", "--int8", "--calibration", "{missing}"], 2, "does not exist"),
     (["{model}", "-o", "{out}", "--int8", "--calibration", "{dir}"], 1, "holds no images"),
     (["{model}", "-o", "{out}", "--fp16", "--int8"], 2, "exclude each other"),
     (["{model}"], 2, "-o"),

@@ -39,3 +39,24 @@ def test_parent_that_is_a_file_is_a_clear_error(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(SrDistillError, match="not a folder|cannot write"):
         atomic_write_text(tmp_path / "f" / "out.txt", "x")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_a_student_file_follows_the_umask_too(tmp_path, umask, mode):
+    """safetensors writes its own file (0600) in place of the temporary: the mode is set after it."""
+    import torch
+
+    from srdistill.models.checkpoint import save_student
+    from srdistill.models.loading import model_from_state_dict
+    from srdistill.models._compat import import_spandrel
+
+    import_spandrel()
+    from spandrel.architectures.Compact import Compact
+
+    m = model_from_state_dict(Compact(num_feat=4, num_conv=1, upscale=2).state_dict(), name="t")
+    old = os.umask(umask)
+    try:
+        save_student(tmp_path / "s.safetensors", m)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "s.safetensors").st_mode) == mode

@@ -8,6 +8,8 @@ import json
 import math
 
 import pytest
+
+from srdistill.progress import RecordingReporter
 import torch
 import torch.nn.functional as F
 
@@ -200,17 +202,24 @@ def test_student_wider_than_teacher_refused_unless_allowed(fid):
     assert knobs(s)[0] == wider
 
 
-def test_swinir_width_must_divide_by_heads():
+def test_swinir_width_is_rounded_to_a_multiple_of_the_heads():
     teacher = tiny_teacher("SwinIR")  # 4 heads
-    with pytest.raises(UsageError, match="heads"):
-        build_student(teacher, 10)
+    rep = RecordingReporter()
+    assert knobs(build_student(teacher, 10, reporter=rep))[0] == 12  # a tie goes up
+    assert rep.infos == ["SwinIR widths are multiples of its 4 attention heads: using 12"]
     assert knobs(build_student(teacher, 12))[0] == 12
 
 
-@pytest.mark.parametrize("fid,width", [("PLKSR", 10), ("SAFMN", 6), ("DCTLSA", 12), ("RCAN", 8)])
-def test_width_outside_family_constraints_refused(fid, width):
-    with pytest.raises(UsageError, match=fid):
-        build_student(tiny_teacher(fid), width)
+@pytest.mark.parametrize("fid,width,used", [("PLKSR", 10, 12), ("SAFMN", 6, 8), ("DCTLSA", 12, 10)])
+def test_width_outside_family_multiple_is_rounded_with_a_notice(fid, width, used):
+    rep = RecordingReporter()
+    assert knobs(build_student(tiny_teacher(fid), width, reporter=rep))[0] == used
+    assert len(rep.infos) == 1 and rep.infos[0].startswith(f"{fid} widths are multiples of")
+
+
+def test_width_below_the_family_minimum_is_refused_with_a_hint():
+    with pytest.raises(UsageError, match="RCAN width must be at least 16.*--student-arch compact"):
+        build_student(tiny_teacher("RCAN"), 8)
 
 
 @pytest.mark.parametrize("depth", [0, -1])

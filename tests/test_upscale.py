@@ -180,7 +180,7 @@ def make_source(kind: str, path: Path) -> Path:
 ])
 def test_modes_round_trip(cli, c2, tmp_path, kind, pil_mode, depth):
     src = make_source(kind, tmp_path / "src.png")
-    alpha = ["--alpha", "model"] if kind == "RGBA16" else []
+    alpha = ["--alpha-mode", "model"] if kind == "RGBA16" else []
     r = run(cli, src, "-m", c2, *alpha)
     assert r.exit_code == 0, r.stderr
     out = tmp_path / "src_x2.png"
@@ -229,7 +229,7 @@ def test_no_overwrite_without_flag(cli, c2, tmp_path):
     assert out.read_bytes() == b"mine"
     f = json.loads(r.stdout)["files"][0]
     assert f["status"] == "skipped" and "--overwrite" in f["error"]
-    assert any("--overwrite" in w for w in warnings_of(r.stderr))
+    assert "error: 1 of 1 image(s) not written" in r.stderr  # the file itself is reported once, in the JSON
     r = run(cli, src, "-m", c2, "--overwrite")
     assert r.exit_code == 0, r.stderr
     assert PILImage.open(out).size == (48, 40)
@@ -244,8 +244,11 @@ def test_corrupt_file_in_folder(cli, c2, tmp_path):
     r = run(cli, d, "-m", c2, "-o", tmp_path / "out")
     assert r.exit_code == 1
     assert "Traceback" not in r.stderr + r.stdout
-    w = warnings_of(r.stderr)
-    assert len(w) == 1 and "b.png" in w[0], r.stderr
+    # each file is reported once: a table row, the failure's reason in its reason column
+    rows = [line for line in r.stdout.splitlines() if "b.png" in line]
+    assert len(rows) == 1 and rows[0].startswith("failed") and "reason: cannot read image" in rows[0], r.stdout
+    assert not [ln for ln in r.stderr.splitlines() if "b.png" in ln and not ln.startswith("upscaling ")], r.stderr
+    assert "error: 1 of 3 image(s) not written" in r.stderr
     assert (tmp_path / "out" / "a_x2.png").is_file() and (tmp_path / "out" / "c_x2.png").is_file()
     assert not (tmp_path / "out" / "b_x2.png").exists()
     assert "2 ok, 1 failed" in r.stdout
@@ -377,7 +380,7 @@ def test_decompression_bomb_refused(cli, c2, tmp_path):
     assert f["status"] == "failed" and "limit" in f["error"] and "--max-pixels" in f["error"]
     small = rgb_png(tmp_path / "a.png")
     r = run(cli, small, "-m", c2, "--max-pixels", "100")
-    assert r.exit_code == 1 and "limit" in r.stderr
+    assert r.exit_code == 1 and "limit" in r.stdout and "reason:" in r.stdout  # its row says why
     assert not (tmp_path / "a_x2.png").exists()
 
 
@@ -400,14 +403,14 @@ def test_human_output(cli, c2, tmp_path):
     r = run(cli, tmp_path / "a.png", "-m", c2)
     assert r.exit_code == 0
     assert "a_x2.png" in r.stdout and "MP/s" in r.stdout and "1 ok" in r.stdout
-    assert "a.png -> " in r.stderr
+    assert "a_x2.png" not in r.stderr  # reported once, on stdout
     r = run(cli, tmp_path / "a.png", "-m", c2, "--quiet", "--overwrite")
     assert r.exit_code == 0 and r.stderr == ""
 
 
 @pytest.mark.parametrize("args", [
     ["--tile", "-5"], ["--tile", "big"], ["--outscale", "0"], ["--ext", "gif"], ["--backend", "foo"],
-    ["--alpha", "magic"], ["--tile-overlap", "-1"], ["--suffix", ""], ["SECOND", "-o", "OUT/one.png"],
+    ["--alpha-mode", "magic"], ["--tile-overlap", "-1"], ["--suffix", ""], ["SECOND", "-o", "OUT/one.png"],
 ])
 def test_bad_flags(cli, c2, tmp_path, args):
     a = rgb_png(tmp_path / "a.png")
@@ -422,6 +425,14 @@ def test_bad_flags(cli, c2, tmp_path, args):
     assert not (tmp_path / "a_x2.png").exists()
 
 
+def test_the_old_alpha_flag_still_works_with_a_deprecation_warning(cli, c2, tmp_path):
+    src = make_source("RGBA", tmp_path / "src.png")
+    r = run(cli, src, "-m", c2, "--alpha", "model")
+    assert r.exit_code == 0, r.stderr
+    assert "--alpha is deprecated" in r.stderr and "--alpha-mode" in r.stderr
+    assert (tmp_path / "src_x2.png").exists()
+
+
 def test_missing_cuda_is_a_usage_error(cli, c2, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
@@ -433,4 +444,4 @@ def test_missing_input_and_model(cli, c2, tmp_path):
     r = run(cli, tmp_path / "nope.png", "-m", c2)
     assert r.exit_code == 2 and r.stderr.startswith("error:")
     r = run(cli, rgb_png(tmp_path / "a.png"), "-m", tmp_path / "nope.pth")
-    assert r.exit_code == 1 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+    assert r.exit_code == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr

@@ -6,12 +6,15 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
 from typing import Any, Callable, Iterator
 
 from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .errors import SrDistillError
@@ -22,12 +25,72 @@ def _no_color() -> bool:
     return bool(os.environ.get("NO_COLOR"))
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def escape_control(text: str) -> str:
+    """Control characters (terminal escape sequences among them) as visible ``\\xNN``."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
+def plain(text: Any) -> Text:
+    """A string from a path, a file or metadata as rich text that is never read as markup
+    (``[/x].png`` or ``[link=...]`` print as they are) and cannot drive the terminal."""
+    return Text(escape_control(text))
+
+
+class PlainTable(Table):
+    """A rich Table whose string title, headers and cells are plain text (see :func:`plain`)."""
+
+    def __init__(self, *args: Any, title: Any = None, **kw: Any):
+        super().__init__(*args, title=plain(title) if isinstance(title, str) else title, **kw)
+
+    def add_column(self, header: Any = "", *args: Any, **kw: Any) -> None:
+        super().add_column(plain(header) if isinstance(header, str) else header, *args, **kw)
+
+    def add_row(self, *cells: Any, **kw: Any) -> None:
+        super().add_row(*(plain(c) if isinstance(c, str) else c for c in cells), **kw)
+
+
+PIPED_WIDTH = 100  # columns of results written to a file or a pipe
+
+
+class _TrimmedLines:
+    """A text stream that drops the spaces rich pads table lines with."""
+
+    def __init__(self, stream):
+        self._s = stream
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        text = self._pending + text
+        lines = text.split("\n")
+        self._pending = lines.pop()
+        if lines:
+            self._s.write("\n".join(line.rstrip() for line in lines) + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._s.write(self._pending.rstrip())
+            self._pending = ""
+        self._s.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self._s, "encoding", "utf-8")
+
+
 def stdout_console() -> Console:
-    """Results. Piped into a file or a CI log there is no terminal width to respect, and rich's
-    fallback of 80 columns would cut table cells: use a wide fixed width instead."""
+    """Results: the terminal's width on a terminal; piped into a file or a CI log, plain lines of
+    at most PIPED_WIDTH columns without padding (rich folds wide cells)."""
     console = Console(no_color=_no_color(), soft_wrap=False, highlight=False)
     if not console.is_terminal:
-        console = Console(no_color=_no_color(), soft_wrap=False, highlight=False, width=250)
+        console = Console(file=_TrimmedLines(sys.stdout), no_color=_no_color(), soft_wrap=False,
+                          highlight=False, width=PIPED_WIDTH)
     return console
 
 
@@ -78,6 +141,64 @@ class _RichTask(Task):
         self._p.update(self._id, info=_fmt_fields(fields))
 
 
+def _fmt_duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class LineTask(Task):
+    """Progress for logs (stderr not a terminal: CI, nohup, ``2>log``): one plain line whenever
+    another 10% of the work is done or 30 s have passed, whichever comes first.
+
+    ``distilling 1200/5000 (24%) 7.1 it/s loss=0.0277 eta 8m55s``
+    """
+
+    EVERY_FRACTION = 0.1
+    EVERY_SECONDS = 30.0
+
+    def __init__(self, write: Callable[[str], None], description: str, total: float | None,
+                 clock: Callable[[], float] = time.monotonic):
+        self._write, self._desc, self._total, self._clock = write, description, total, clock
+        self.done = 0.0
+        self._fields: dict = {}
+        self._last_t = self._rate_t = clock()
+        self._last_done = self._rate_done = 0.0
+
+    def advance(self, n: float = 1, **fields: Any) -> None:
+        if self.done == 0 and n > 1 and self._total and n < self._total:  # a resumed run's head start
+            self._last_done = self._rate_done = n
+        self.done += n
+        self._fields.update(fields)
+        now = self._clock()
+        total = self._total
+        due = now - self._last_t >= self.EVERY_SECONDS
+        if total:
+            due = due or (self.done - self._last_done) >= self.EVERY_FRACTION * total
+            if self.done >= total:
+                return  # the "done in" line says the rest
+        if due:
+            self._emit(now)
+
+    def update(self, **fields: Any) -> None:
+        self._fields.update(fields)
+
+    def _emit(self, now: float) -> None:
+        elapsed = max(1e-9, now - self._rate_t)
+        rate = (self.done - self._rate_done) / elapsed
+        total = self._total
+        pos = f"{self.done:g}/{total:g} ({100 * self.done / total:.0f}%)" if total else f"{self.done:g}"
+        parts = [self._desc, pos, f"{rate:.3g} it/s"]
+        fields = {k: v for k, v in self._fields.items() if k != "it/s"}
+        if fields:
+            parts.append(_fmt_fields(fields))
+        if total and rate > 0:
+            parts.append(f"eta {_fmt_duration((total - self.done) / rate)}")
+        self._write(" ".join(parts))
+        self._last_t, self._last_done = now, self.done
+
+
 def _fmt_fields(fields: dict) -> str:
     parts = []
     for k, v in fields.items():
@@ -94,10 +215,10 @@ class RichReporter(Reporter):
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message, markup=False, soft_wrap=True)
+            self.console.print(escape_control(message), markup=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"warning: {message}", style="yellow", markup=False, soft_wrap=True)
+        self.console.print(f"warning: {escape_control(message)}", style="yellow", markup=False, soft_wrap=True)
 
     @contextlib.contextmanager
     def task(self, description: str, total: float | None = None) -> Iterator[Task]:
@@ -115,10 +236,14 @@ class RichReporter(Reporter):
             transient=False,
             disable=not self.console.is_terminal and os.environ.get("SRDISTILL_PROGRESS") != "1",
         )
-        with progress:
-            tid = progress.add_task(description, total=total, info="")
-            start = time.monotonic()
-            yield _RichTask(progress, tid)
+        start = time.monotonic()
+        if progress.disable:  # a log, not a terminal: plain lines
+            yield LineTask(lambda line: self.console.print(escape_control(line), markup=False, soft_wrap=True),
+                           description, total)
+        else:
+            with progress:
+                tid = progress.add_task(description, total=total, info="")
+                yield _RichTask(progress, tid)
         if not self.console.is_terminal:
             self.console.print(f"{description}: done in {time.monotonic() - start:.1f} s", markup=False,
                                soft_wrap=True)
@@ -133,7 +258,7 @@ def run_cli(fn: Callable[[], Any]) -> Any:
     except SrDistillError as e:
         if debug_enabled():
             raise
-        stderr_console().print(f"error: {e}", style="red", markup=False, soft_wrap=True)
+        stderr_console().print(f"error: {escape_control(e)}", style="red", markup=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         if debug_enabled():

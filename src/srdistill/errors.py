@@ -29,6 +29,12 @@ class ModelLoadError(SrDistillError):
     """A model file could not be loaded: unknown, corrupt, truncated, not a model."""
 
 
+class BadPathError(UsageError, ModelLoadError):
+    """A model path that does not exist, is a folder or is not a model file type: a usage error
+    (exit code 2), still a :class:`ModelLoadError` for callers that catch those. A file that
+    exists but fails to load is 1."""
+
+
 class UnsafeModelError(ModelLoadError):
     """A checkpoint tried to run code or reference something unsafe while unpickling."""
 

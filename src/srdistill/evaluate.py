@@ -307,6 +307,11 @@ class EvalReport:
     seconds: float = 0.0
 
     @property
+    def skipped(self) -> list[str]:
+        """``dataset/name: reason`` of every image left out because it could not be read."""
+        return [f"{d['name']}/{s}" for d in self.datasets for s in d.get("skipped", [])]
+
+    @property
     def metric(self) -> str:
         space = "Y channel (BT.601, studio range)" if self.y_channel else "RGB"
         return (f"PSNR (dB) / SSIM (Gaussian 11x11, sigma 1.5) on the {space} of uint8 outputs, "
@@ -527,7 +532,11 @@ def evaluate(opts: EvalOptions, reporter: Reporter = NULL) -> EvalReport:
     ds_names = _unique([dataset_name(d) for d in opts.data])
     datasets = []
     for d, name in zip(opts.data, ds_names):
-        pairs = load_eval_pairs(d, scale, reporter=rep)
+        skipped: list[str] = []
+        pairs = load_eval_pairs(d, scale, reporter=rep, skipped=skipped)
+        if not pairs and skipped:
+            raise SrDistillError(f"no readable images in {str(d)!r}: {skipped[0]}" +
+                                 (f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""))
         if not pairs:
             raise UsageError(f"no usable images in {str(d)!r} (all smaller than the scale {scale})")
         for p in pairs:
@@ -539,7 +548,7 @@ def evaluate(opts: EvalOptions, reporter: Reporter = NULL) -> EvalReport:
         if folder.is_dir() and (folder / "HR").is_dir() and not any(True for _ in folder.glob("*.png")):
             folder = folder / "HR"
         paired = folder.is_dir() and find_lr_dir(folder, scale) is not None
-        datasets.append({"name": name, "path": str(d), "images": len(pairs),
+        datasets.append({"name": name, "path": str(d), "images": len(pairs), "skipped": skipped,
                          "lr": "paired LR images" if paired else "MATLAB bicubic downscale of the uint8 HR",
                          "pairs": pairs})
     unknown = [n for n in thresholds if n is not None and n not in ds_names]
@@ -731,8 +740,11 @@ def _make_comparison(path: Path, rows_spec: list[_Entry], rows: list[ModelRow], 
         img_index, (x, y, cw, ch) = 0, crop
         how = "given (--crop)"
     else:
+        # where super-resolution shows: the window where the first model (the teacher) gains most
+        # over bicubic -- not where one model fails worst, which is not what a reader should see
+        base = [i for i, r in enumerate(rows) if r.role == "baseline"]
         models_idx = [i for i, r in enumerate(rows) if r.role != "baseline"]
-        compare = models_idx if len(models_idx) >= 2 else list(range(len(rows)))
+        compare = [models_idx[0], base[0]] if base and models_idx else list(range(len(rows)))
         best = None
         for i in range(len(pairs)):
             cells = [grids.get(r, {}).get(i) for r in compare]
@@ -740,7 +752,7 @@ def _make_comparison(path: Path, rows_spec: list[_Entry], rows: list[ModelRow], 
                 continue
             (ys, xs, _), (wh, ww) = cells[0]
             stack = np.stack([_psnr_from_mse(c[0][2], COMPARISON_MSE_FLOOR) for c in cells])
-            score = stack.max(0) - stack.min(0) if len(compare) >= 2 else -stack[0]
+            score = stack[0] - stack[1] if len(compare) >= 2 else -stack[0]
             k = int(np.argmax(score))
             a, b = divmod(k, score.shape[1])
             val = float(score[a, b])
@@ -750,7 +762,7 @@ def _make_comparison(path: Path, rows_spec: list[_Entry], rows: list[ModelRow], 
             h, w = pairs[0].hr.shape[:2]
             best = (0.0, 0, 0, 0, w, h)
         _, img_index, x, y, cw, ch = best
-        how = ("largest PSNR gap between the best and the worst model" if len(compare) >= 2
+        how = (f"largest gain of {rows[compare[0]].name} over bicubic" if len(compare) >= 2
                else "lowest bicubic PSNR")
     pair = pairs[img_index]
     hr_crop = pair.hr[y:y + ch, x:x + cw]

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .errors import ExportError, ImageError, QualityGateError, SrDistillError, UnsupportedModelError, UsageError
+from .errors import ExportError, BadPathError, ImageError, QualityGateError, SrDistillError, UnsupportedModelError, UsageError
 from .fileio import atomic_path, check_writable
 from .models.checkpoint import jsonable
 from .progress import NULL, Reporter
@@ -576,10 +576,10 @@ def _list_images(folder: Path) -> list[Path]:
 def _check_calibration(path) -> list[Path]:
     p = Path(path)
     if not p.exists():
-        raise SrDistillError(f"calibration folder {str(p)!r} does not exist",
+        raise UsageError(f"calibration folder {str(p)!r} does not exist",
                              hint="give a folder of images, or leave out --calibration for dynamic int8")
     if not p.is_dir():
-        raise SrDistillError(f"--calibration {str(p)!r} is not a folder")
+        raise UsageError(f"--calibration {str(p)!r} is not a folder")
     imgs = _list_images(p)
     if not imgs:
         raise SrDistillError(f"calibration folder {str(p)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})",
@@ -989,7 +989,7 @@ def _load_source(model_or_path):
     p = Path(model_or_path)
     if p.suffix.lower() == ".onnx":
         if not p.exists():
-            raise SrDistillError(f"model file {str(p)!r} does not exist")
+            raise BadPathError(f"model file {str(p)!r} does not exist")
         raise UnsupportedModelError(f"{p.name} is already an ONNX model",
                                     hint="export takes a PyTorch or safetensors checkpoint")
     return load_model(p, device="cpu")

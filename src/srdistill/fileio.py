@@ -49,6 +49,8 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False, mkdir: bool
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # again: a writer may have replaced the file (safetensors writes its own, 0600)
+        os.chmod(tmp_path, 0o666 & ~_umask())
         if not overwrite:
             try:  # link() fails if the final name exists: no race with another writer
                 os.link(tmp_path, final)
@@ -105,3 +107,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool 
 
 def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from .errors import ModelLoadError, UnsupportedModelError
-from .models.loading import sha256_file
+from .errors import BadPathError, ModelLoadError, UnsupportedModelError
+from .fileio import sha256_file
+
+# torch is imported where a tensor is made, not here: describing or running an .onnx file through
+# onnxruntime needs no torch, and importing it costs seconds of start-up (`srdistill info x.onnx`)
 
 
 def _providers(device: str) -> list[str]:
@@ -29,9 +31,9 @@ def load_onnx_proto(path: str | os.PathLike):
 
     p = Path(path)
     if not p.exists():
-        raise ModelLoadError(f"model file {str(p)!r} does not exist")
+        raise BadPathError(f"model file {str(p)!r} does not exist")
     if p.is_dir():
-        raise ModelLoadError(f"{str(p)!r} is a folder, not a model file")
+        raise BadPathError(f"{str(p)!r} is a folder, not a model file")
     try:
         proto = onnx.load(str(p), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends
@@ -80,7 +82,9 @@ class OnnxModel:
         except ValueError:
             return {}
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x):
+        import torch
+
         arr = x.detach().to("cpu", torch.float32).numpy()
         if self.fp16:
             arr = arr.astype(np.float16)
@@ -140,8 +144,10 @@ def load_onnx(path: str | os.PathLike, *, device: str = "cpu", threads: int | No
                 pass
     if model.scale < 1:
         h, w = static or (16, 16)
+        probe = np.random.default_rng(0).random((1, channels, h, w), dtype=np.float32)
         try:
-            y = model(torch.rand(1, channels, h, w))
+            (y,) = sess.run([model.output_name], {model.input_name: probe.astype(np.float16) if fp16 else probe})
+            y = np.asarray(y)
         except Exception as e:  # noqa: BLE001
             raise ModelLoadError(f"{p.name} failed a probe run in onnxruntime: {(str(e).splitlines() or ['?'])[0][:200]}") from None
         if y.ndim != 4 or y.shape[-1] % w:

@@ -15,7 +15,7 @@ Efficiency (per model, on a fixed-size input so models are comparable):
   element-wise work is not. ``None`` for ONNX models and the bicubic baseline.
 
 The comparison grid: the same crop from several images side by side, each scaled up by an
-integer nearest-neighbour zoom and labelled (PIL's default font) with a name and a PSNR.
+integer nearest-neighbour zoom and labelled (Pillow's default scalable font, 14 px) with a name and a PSNR.
 """
 
 from __future__ import annotations
@@ -191,8 +191,10 @@ def window_mse(err: np.ndarray, win: tuple[int, int], stride: int, region: tuple
 
 #: Pixels between panels and around the grid.
 GRID_PAD = 4
-#: Height of the label strip under each panel (two lines of PIL's default font).
-GRID_LABEL_HEIGHT = 30
+#: Size in pixels of the label text (Pillow's default scalable font).
+GRID_FONT_SIZE = 14
+#: Height of the label strip under each panel (two lines of GRID_FONT_SIZE text).
+GRID_LABEL_HEIGHT = 40
 #: Panels per row; more panels wrap onto further rows.
 GRID_MAX_COLUMNS = 6
 #: Panels are zoomed (nearest neighbour, integer factor) to about this many pixels on their longer side.
@@ -236,7 +238,10 @@ def comparison_grid(panels: Sequence[tuple[str, np.ndarray, str]]):
     cols = max(1, min(len(panels), GRID_MAX_COLUMNS))
     canvas = Image.new("RGB", (gw, gh), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
+    try:  # Pillow >= 10.1 with FreeType: a real, scalable font
+        font = ImageFont.load_default(size=GRID_FONT_SIZE)
+    except TypeError:  # older Pillow: the small bitmap font
+        font = ImageFont.load_default()
     for i, (title, crop, subtitle) in enumerate(panels):
         if crop.shape[:2] != (h, w):
             raise SrDistillError(f"comparison panel {title!r} has size {crop.shape[:2]}, expected {(h, w)}")

@@ -116,7 +116,7 @@ class UpscaleOptions:
             self.ext = e
         self.alpha = str(self.alpha or "bicubic").strip().lower()
         if self.alpha not in ALPHA_MODES:
-            raise UsageError(f"invalid --alpha {self.alpha!r}", hint="use bicubic or model")
+            raise UsageError(f"invalid --alpha-mode {self.alpha!r}", hint="use bicubic or model")
         if self.max_pixels is not None and int(self.max_pixels) < 0:
             raise UsageError(f"--max-pixels must be 0 (no limit) or more, got {self.max_pixels}")
         if not 1 <= int(self.quality) <= 100:
@@ -716,13 +716,7 @@ def upscale_files(inputs: Iterable[str | os.PathLike], options: UpscaleOptions |
                     r.error = ("out of memory; try a smaller --tile" if is_oom_error(e)
                                else f"{type(e).__name__}: {_first_line(e)}")
                 r.seconds = time.monotonic() - t0
-                results.append(r)
-                if r.status == "ok":
-                    (iw, ih), (ow, oh) = r.input_size, r.output_size
-                    rep.info(f"{src} -> {dst}  {iw}x{ih} -> {ow}x{oh}  {r.seconds:.2f} s")
-                else:
-                    msg = r.error or "failed"
-                    rep.warn(msg if str(src) in msg else f"{src}: {msg}")
+                results.append(r)  # reported once, by the caller (a table row or a JSON entry)
                 task.advance(1, last=src.name)
     finally:
         torch.set_num_threads(saved_threads)

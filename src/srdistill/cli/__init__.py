@@ -23,10 +23,43 @@ except ImportError:  # older typer runs on click itself
 from ..console import debug_enabled, stderr_console
 
 
+_DIR_OPTIONS = {"data", "val", "calibration", "teacher_cache_dir", "save_images"}
+
+
+def _type_word(p) -> str:
+    """"int", "float", "path", "bool", "str" ... for typer's own parameters and for click's."""
+    bare = getattr(p, "bare_type", None)
+    name = bare() if callable(bare) else getattr(getattr(p, "type", None), "name", "")
+    name = str(name).lower()
+    for key in ("path", "int", "float", "bool", "choice"):
+        if key in name:
+            return key
+    return "str"
+
+
+def _word_metavars(group) -> None:
+    """Help placeholders in words (DIR, FILE, N, X, TEXT), not Python types (``<list[Path]>``)."""
+    words = {"path": "FILE", "int": "N", "float": "X", "str": "TEXT"}
+    for cmd in group.commands.values():
+        for p in cmd.params:
+            kind = _type_word(p)
+            if p.param_type_name == "argument":
+                p.metavar = p.metavar or p.name.upper()
+                if hasattr(p, "display_type_rich"):  # typer's own help: the name says it, no "<path>"
+                    p.display_type_rich = lambda ctx: None
+                continue
+            if p.metavar or getattr(p, "is_flag", False) or kind in ("bool", "choice"):
+                continue
+            else:
+                p.metavar = ("DIR" if p.name in _DIR_OPTIONS else "PATH" if p.name in ("output", "out")
+                             else words[kind])
+
+
 class _Group(TyperGroup):
     """Usage errors as one line (``error: ...``, exit 2), never a traceback or a box."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        _word_metavars(self)
         try:
             rv = super().main(args=args, prog_name=prog_name or "srdistill", complete_var=complete_var,
                               standalone_mode=False, **extra)
@@ -83,4 +116,8 @@ for _name in _COMMANDS:
 
 
 def main() -> None:
+    if not debug_enabled():  # an architecture's UserWarning (torch.meshgrid ...) is not the user's business
+        import warnings
+
+        warnings.simplefilter("ignore")
     app()

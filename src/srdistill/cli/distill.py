@@ -6,14 +6,30 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 
 from . import app
-from ..console import RichReporter, print_json, run_cli, stdout_console
+from ..console import PlainTable, RichReporter, print_json, run_cli, stdout_console
+
+
+def _given(ctx: typer.Context) -> list[str]:
+    """Config fields the user gave on the command line (``--resume`` takes the rest from the checkpoint)."""
+    try:  # typer >= 0.2x vendors its own copy of click
+        from typer._click.core import ParameterSource
+    except ImportError:
+        from click.core import ParameterSource
+
+    names = {"no_val": "val", "out": "out"}
+    out = []
+    for p in ctx.command.params:
+        src = ctx.get_parameter_source(p.name)
+        if src not in (None, ParameterSource.DEFAULT):
+            out.append(names.get(p.name, p.name))
+    return out
 
 
 @app.command("distill")
 def distill_cmd(
+    ctx: typer.Context,
     teacher: Path = typer.Argument(..., help="The pretrained teacher: .safetensors, .pth, .pt or .ckpt."),
     student_width: int = typer.Option(..., "--student-width", "-w", help="Feature channels of the student."),
     student_depth: Optional[int] = typer.Option(None, "--student-depth", "-d",
@@ -26,8 +42,8 @@ def distill_cmd(
     data: List[Path] = typer.Option([], "--data", help="HR image folder (repeatable; recursive). DIV2K-style "
                                                        "X4/ LR folders next to the HR images are used as pairs. "
                                                        "Default: built-in sample images (for trying the tool)."),
-    val: List[Path] = typer.Option([], "--val", help="HR folder for validation (Y-PSNR/SSIM); the best step is "
-                                                     "kept. Default: built-in val images with built-in data."),
+    val: List[Path] = typer.Option([], "--val", help="HR folder for validation (Y-PSNR/SSIM, beside bicubic's); "
+                                                     "the best step is kept. Default: the built-in val photos."),
     no_val: bool = typer.Option(False, "--no-val", help="Skip validation."),
     lr_only: bool = typer.Option(False, "--lr-only", help="--data holds unlabeled LR images: the teacher's "
                                                           "output is the only target."),
@@ -65,7 +81,8 @@ def distill_cmd(
     val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N steps "
                                                                       "(default: steps/5, at most 1000)."),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Write a resumable checkpoint every N steps."),
-    out: Path = typer.Option(Path("student.safetensors"), "--out", "-o", help="Where the student goes."),
+    out: Path = typer.Option(Path("student.safetensors"), "--output", "-o", "--out",
+                              help="Where the student goes (--out is the same)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from <out stem>.ckpt."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output and checkpoint."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -94,6 +111,7 @@ def distill_cmd(
         if no_val and val:
             raise UsageError("--no-val and --val contradict each other", hint="give one of them")
 
+        explicit = _given(ctx)
         cfg = DistillConfig(
             teacher=str(teacher), student_width=student_width, student_depth=student_depth,
             student_arch=student_arch, allow_wider=allow_wider, data=[str(d) for d in data],
@@ -105,6 +123,7 @@ def distill_cmd(
             checkpoint_every=checkpoint_every, out=str(out), resume=resume, overwrite=overwrite, device=device,
             precision=precision, seed=seed, teacher_cache=teacher_cache,
             teacher_cache_dir=str(teacher_cache_dir) if teacher_cache_dir else None, threads=threads, max_images=max_images,
+            explicit=explicit,
         )
         from ..distill import distributed
 
@@ -117,7 +136,11 @@ def distill_cmd(
         if json_out:
             print_json(res)
             return
-        t = Table(title="distillation", show_header=False, box=None)
+        if res.nothing_to_do:  # the reporter said so; stdout keeps the facts
+            stdout_console().print(f"student {res.out}: unchanged, the run is at step {res.steps}", markup=False,
+                                   soft_wrap=True)
+            return
+        t = PlainTable(title="distillation", show_header=False, box=None)
         t.add_column(style="bold")
         t.add_column()
         t.add_row("student", f"{res.out}  ({res.student['architecture']}, {res.student['params']:,} params)")
@@ -130,7 +153,8 @@ def distill_cmd(
         t.add_row("final", ", ".join(f"{k}={v:.5f}" for k, v in res.final_losses.items()))
         if res.best:
             t.add_row("validation", f"best Y-PSNR {res.best['psnr']:.3f} dB / SSIM {res.best['ssim']:.4f} "
-                                    f"at step {res.best['step']} (saved)")
+                                    f"at step {res.best['step']} (saved)"
+                                    + (f"; bicubic {res.bicubic['psnr']:.3f} dB" if res.bicubic else ""))
         t.add_row("checkpoint", res.checkpoint)
         t.add_row("log", res.log)
         stdout_console().print(t)

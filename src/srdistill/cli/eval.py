@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 
 from . import app
-from ..console import RichReporter, print_json, run_cli, stdout_console
+from ..console import PlainTable, RichReporter, escape_control, print_json, run_cli, stdout_console
 
 
 def _db(v) -> str:
@@ -101,6 +100,12 @@ def eval_cmd(
         else:
             _render(report)
         report.check_quality_gate()
+        if report.skipped:  # the rest was scored and printed; the run still says it was incomplete
+            from ..errors import ImageError
+
+            raise ImageError(f"{len(report.skipped)} image(s) could not be read and were left out of the "
+                             f"means: {'; '.join(report.skipped[:3])}" + (" ..." if len(report.skipped) > 3 else ""),
+                             hint="fix or remove them")
 
     run_cli(body)
 
@@ -115,7 +120,7 @@ def _render(r) -> None:
     title = f"x{r.scale} super-resolution, {'Y (BT.601)' if r.y_channel else 'RGB'}, {r.crop_border} px border"
     if r.self_ensemble:
         title += ", x8 self-ensemble (+)"
-    t = Table(title=title)
+    t = PlainTable(title=title)
     labels = [_label(row) for row in r.models]
     t.add_column("model", overflow="fold", min_width=min(40, max(len(x) for x in labels)))
     t.add_column("arch")
@@ -167,4 +172,4 @@ def _render(r) -> None:
         thr = ", ".join(f"{k}: {v:g} dB" if k != "*" else f"{v:g} dB" for k, v in g["thresholds"].items())
         lines.append(f"quality gate ({thr}): " + ("passed" if g["passed"] else f"FAILED ({len(g['failures'])})"))
     for line in lines:
-        con.print(line, markup=False, highlight=False)
+        con.print(escape_control(line), markup=False, highlight=False)

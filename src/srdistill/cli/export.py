@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from . import app
-from ..console import RichReporter, print_json, run_cli, stdout_console
+from ..console import PlainTable, RichReporter, print_json, run_cli, stdout_console
 
 
 def _mb(n: int) -> str:
@@ -60,7 +59,7 @@ def export_cmd(
             print_json(result)
             return
         con = stdout_console()
-        v = Table(title="verification: onnxruntime vs PyTorch fp32", title_justify="left")
+        v = PlainTable(title="verification: onnxruntime vs PyTorch fp32", title_justify="left")
         for col in ("stage", "input", "batch", "max abs diff", "tolerance", "ok"):
             v.add_column(col, justify="right" if col in ("batch", "max abs diff", "tolerance") else "left")
         for row in result.verification:
@@ -68,7 +67,7 @@ def export_cmd(
                       "-" if row.tolerance is None else f"{row.tolerance:g}",
                       "yes" if row.ok else f"no: {row.error or ''}")
         con.print(v)
-        t = Table(show_header=False, box=None, pad_edge=False)
+        t = PlainTable(show_header=False, box=None, pad_edge=False)
         t.add_column(style="bold")
         t.add_column()
         t.add_row("wrote", str(result.path))

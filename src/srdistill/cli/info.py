@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from . import app
-from ..console import print_json, run_cli, stdout_console
+from ..console import PlainTable, print_json, run_cli, stdout_console
 
 
 def _fmt(v) -> str:
@@ -31,7 +30,7 @@ def info_cmd(
         if json_out:
             print_json(info)
             return
-        t = Table(title=str(model), show_header=False, box=None, pad_edge=False)
+        t = PlainTable(title=str(model), show_header=False, box=None, pad_edge=False)
         t.add_column(style="bold")
         t.add_column(overflow="fold")  # wrap, never cut: the sha256 is there to be copied
         t.add_row("architecture", str(info.architecture))

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 
 from . import app
-from ..console import RichReporter, print_json, run_cli, stderr_console, stdout_console
+from ..console import PlainTable, escape_control, RichReporter, print_json, run_cli, stderr_console, stdout_console
 from ..data.images import DEFAULT_MAX_PIXELS
 
 
@@ -19,10 +18,11 @@ class _LineReporter(RichReporter):
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message, markup=False, soft_wrap=True, highlight=False)
+            self.console.print(escape_control(message), markup=False, soft_wrap=True, highlight=False)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"warning: {message}", style="yellow", markup=False, soft_wrap=True, highlight=False)
+        self.console.print(f"warning: {escape_control(message)}", style="yellow", markup=False, soft_wrap=True,
+                           highlight=False)
 
 
 def _size(s) -> str:
@@ -54,8 +54,11 @@ def upscale_cmd(
     suffix: Optional[str] = typer.Option(None, "--suffix", help="Appended to output names (default: _x<outscale>)."),
     ext: Optional[str] = typer.Option(None, "--ext",
                                       help="Output format: png (default), jpg, webp, or auto (keep the input's)."),
-    alpha: str = typer.Option("bicubic", "--alpha",
-                              help="Transparency: bicubic (resize the alpha) or model (run it through the model)."),
+    alpha_mode: str = typer.Option("bicubic", "--alpha-mode",
+                                   help="Transparency: bicubic (resize the alpha channel) or model (run it "
+                                        "through the model)."),
+    alpha_old: Optional[str] = typer.Option(None, "--alpha", hidden=True,
+                                            help="Deprecated name of --alpha-mode."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels",
                                    help="Refuse larger images before decoding them (0: no limit)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
@@ -71,10 +74,14 @@ def upscale_cmd(
     def body() -> int:
         from ..upscale import UpscaleOptions, upscale_files
 
+        if alpha_old is not None:
+            stderr_console().print("warning: --alpha is deprecated in upscale (it is distill's teacher weight); "
+                                   "use --alpha-mode", style="yellow", markup=False, soft_wrap=True)
+
         opts = UpscaleOptions(
             model=model, output=output, recursive=recursive, tile=tile, tile_overlap=tile_overlap,
             backend=backend, device=device, threads=threads, outscale=outscale, suffix=suffix, ext=ext,
-            alpha=alpha, max_pixels=max_pixels, overwrite=overwrite,
+            alpha=alpha_mode if alpha_old is None else alpha_old, max_pixels=max_pixels, overwrite=overwrite,
         )
         res = upscale_files(inputs, opts, _LineReporter(quiet=quiet or json_out))
         if json_out:
@@ -95,20 +102,43 @@ def upscale_cmd(
 
 def _render(res) -> None:
     m = res.model
-    t = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    con = stdout_console()
+    if not con.is_terminal:
+        _render_lines(res, con)
+        return
+    t = PlainTable(show_header=True, header_style="bold", box=None, pad_edge=False)
     t.add_column("input", overflow="fold")
     t.add_column("output", overflow="fold")
     t.add_column("status")
     t.add_column("size")
     t.add_column("seconds", justify="right")
+    failed = any(f.status != "ok" for f in res.files)
+    if failed:
+        t.add_column("reason", overflow="fold")
     for f in res.files:
-        size = f"{_size(f.input_size)} -> {_size(f.output_size)}" if f.status == "ok" else (f.error or "")
-        t.add_row(f.input, f.output or "-", f.status, size, f"{f.seconds:.2f}")
-    con = stdout_console()
+        size = f"{_size(f.input_size)} -> {_size(f.output_size)}" if f.status == "ok" else "-"
+        row = [f.input, f.output or "-", f.status, size, f"{f.seconds:.2f}"]
+        t.add_row(*row, *([f.error or "" if f.status != "ok" else ""] if failed else []))
     con.print(t)
+    _summary(res, con)
+
+
+def _render_lines(res, con) -> None:
+    """Piped (a log, a script): one plain line per file, never folded, so it can be grepped."""
+    for f in res.files:
+        size = f"{_size(f.input_size)} -> {_size(f.output_size)}" if f.status == "ok" else ""
+        parts = [f.status, f"{f.input} -> {f.output or '-'}", size, f"{f.seconds:.2f} s"]
+        if f.status != "ok":
+            parts.append(f"reason: {f.error or 'failed'}")
+        con.print(escape_control("  ".join(p for p in parts if p)), soft_wrap=True, markup=False)
+    _summary(res, con)
+
+
+def _summary(res, con) -> None:
+    m = res.model
     speed = res.output_mp_per_s
     line = (f"{res.ok} ok, {res.failed} failed, {res.skipped} skipped; "
             f"{res.output_megapixels:.2f} output MP in {res.busy_seconds:.1f} s"
             + (f" ({speed:.3f} MP/s)" if speed is not None else "")
             + f"; {m['architecture']} x{m['scale']} ({m['name']}) on {m['device']} ({m['backend']})")
-    con.print(line, soft_wrap=True)
+    con.print(escape_control(line), soft_wrap=True, markup=False)

@@ -323,9 +323,13 @@ class EvalPair:
     hr: np.ndarray  # uint8 H x W x 3 (mod-cropped)
 
 
-def load_eval_pairs(folder: str | Path, scale: int, *, reporter: Reporter = NULL) -> list[EvalPair]:
+def load_eval_pairs(folder: str | Path, scale: int, *, reporter: Reporter = NULL,
+                    skipped: list[str] | None = None) -> list[EvalPair]:
     """An HR folder (LR made with the MATLAB downscale, HR cropped to a multiple of the scale),
-    or a paired layout (``LR_bicubic/X4/*x4.png`` + ``HR/*.png``, or ``X4/`` inside the HR folder)."""
+    or a paired layout (``LR_bicubic/X4/*x4.png`` + ``HR/*.png``, or ``X4/`` inside the HR folder).
+
+    With ``skipped`` (a list), an unreadable image is left out with a warning and its
+    ``name: reason`` appended there; without it, the first one raises."""
     from .images import read_image
 
     folder = Path(folder)
@@ -337,11 +341,19 @@ def load_eval_pairs(folder: str | Path, scale: int, *, reporter: Reporter = NULL
     lr_dir = find_lr_dir(folder, scale) if folder.is_dir() else None
     pairs = []
     for p in files:
-        img = read_image(p)
-        hr = to_uint8_chw(img.rgb, 3)
         lr_path = lr_partner(lr_dir, p, scale) if lr_dir else None
-        if lr_path is not None:
-            lr = to_uint8_chw(read_image(lr_path).rgb, 3)
+        try:
+            img = read_image(p)
+            lr_img = read_image(lr_path) if lr_path is not None else None
+        except SrDistillError as e:
+            if skipped is None:
+                raise
+            reporter.warn(f"skipping {p.name}: {e}")
+            skipped.append(f"{p.name}: {e}")
+            continue
+        hr = to_uint8_chw(img.rgb, 3)
+        if lr_img is not None:
+            lr = to_uint8_chw(lr_img.rgb, 3)
             hr = hr[:, : lr.shape[1] * scale, : lr.shape[2] * scale]
         else:
             hr = mod_crop(hr, scale)

@@ -84,6 +84,7 @@ class DistillConfig:
     cache_tile: int = 256
     threads: int | None = None
     max_images: int | None = None
+    explicit: list[str] | None = None  # options the user gave (the CLI fills it in); see distill.resume
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,6 +112,8 @@ class DistillResult:
     teacher_cache: dict
     validation: list = field(default_factory=list)
     best: dict | None = None
+    bicubic: dict | None = None  # bicubic's mean Y-PSNR/SSIM on the validation images
+    nothing_to_do: bool = False  # a resumed run that was already finished: no file changed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -311,7 +314,10 @@ def _set_rng_state(gen: torch.Generator, st: dict) -> None:
 
 def distill(cfg: DistillConfig, reporter: Reporter = NULL) -> DistillResult:
     """Train a student to imitate ``cfg.teacher``; returns what was done and where it went."""
+    from .resume import apply_checkpoint_config, explicit_fields, read_checkpoint
+
     ctx = dist_util.context()
+    explicit = explicit_fields(cfg)
     _validate(cfg)
     device = ctx.device if ctx.enabled else resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
@@ -321,6 +327,15 @@ def distill(cfg: DistillConfig, reporter: Reporter = NULL) -> DistillResult:
     paths = paths_for(cfg.out)
     if paths["out"].suffix.lower() != ".safetensors":
         raise UsageError(f"--out must end in .safetensors, not {paths['out'].name!r}")
+
+    if cfg.resume and paths["ckpt"].exists():  # the run in the checkpoint, not a new one
+        from ..models.loading import sha256_file
+
+        ck = read_checkpoint(paths["ckpt"], CKPT_FORMAT)
+        apply_checkpoint_config(cfg, ck, explicit, sha256_file(cfg.teacher), ctx.world_size)
+        _validate(cfg)
+        if ck["step"] >= cfg.steps:
+            return _nothing_to_do(cfg, ck, paths, rep)
 
     lock = RunLock(paths["lock"])
     startup_error: SrDistillError | None = None
@@ -356,7 +371,25 @@ def distill(cfg: DistillConfig, reporter: Reporter = NULL) -> DistillResult:
         lock.release()
 
 
+def _nothing_to_do(cfg: DistillConfig, ck: dict, paths: dict[str, Path], rep: Reporter) -> DistillResult:
+    """A resumed run that is already finished: say so, change no file."""
+    step = int(ck["step"])
+    rep.info(f"nothing to do: {paths['ckpt'].name} is at step {step} of {cfg.steps}; no file was changed "
+             "(give a larger --steps to train further)")
+    best = ck.get("best")
+    return DistillResult(
+        out=str(paths["out"]), checkpoint=str(paths["ckpt"]), log=str(paths["log"]), steps=step, resumed_from=step,
+        seconds=0.0, steps_per_second=0.0, device="none", precision="none", world_size=1,
+        global_batch=cfg.batch_size, loss_formula="", final_losses={}, teacher={"file": str(cfg.teacher)},
+        student={"architecture": ck.get("student_arch"), "hyperparameters": ck.get("student_hp")},
+        compression_ratio=0.0, data={}, teacher_cache={"enabled": False}, best=best if isinstance(best, dict) else None,
+        nothing_to_do=True)
+
+
 def _validate(cfg: DistillConfig) -> None:
+    from ..models.loading import check_model_path
+
+    check_model_path(cfg.teacher)  # inputs before outputs: `distill photo.jpg` is told about the photo
     if cfg.steps < 1:
         raise UsageError(f"--steps must be at least 1, not {cfg.steps}")
     if cfg.batch_size < 1:
@@ -418,7 +451,7 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     student = build_student(teacher, cfg.student_width, cfg.student_depth, cfg.student_arch,
-                            allow_wider=cfg.allow_wider, seed=cfg.seed)
+                            allow_wider=cfg.allow_wider, seed=cfg.seed, reporter=rep)
     student.module.to(device).train()
     if cfg.init == "teacher":  # refused before any data is read
         from ..models.teacher_init import check_supported
@@ -527,9 +560,9 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
     gen = torch.Generator().manual_seed(cfg.seed)
     start_step = 0
     if cfg.resume:
-        ck = torch.load(paths["ckpt"], map_location="cpu", weights_only=True)
-        if ck.get("format") != CKPT_FORMAT:
-            raise TrainingError(f"{paths['ckpt'].name} was written by an incompatible srdistill version")
+        from .resume import read_checkpoint
+
+        ck = read_checkpoint(paths["ckpt"], CKPT_FORMAT)
         if ck["student_arch"] != student.architecture or ck["student_hp"] != json.loads(
                 json.dumps(student.hyperparameters)):
             raise UsageError(f"--resume: {paths['ckpt'].name} holds a different student "
@@ -552,11 +585,20 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
             rep.warn(f"the checkpoint is already at step {start_step} >= --steps {cfg.steps}")
 
     val_pairs = None
-    val_dirs = cfg.val if cfg.val is not None else ([str(builtin_val_dir())] if builtin else [])
+    val_dirs = cfg.val if cfg.val is not None else [str(builtin_val_dir())]
+    bicubic: dict | None = None
     if val_dirs:
+        from ..evaluate import BicubicBaseline, score_pairs
+
         val_pairs = []
         for v in val_dirs:
             val_pairs += load_eval_pairs(v, teacher.scale, reporter=rep)
+        b = score_pairs(BicubicBaseline(teacher.scale), val_pairs, teacher.scale)
+        bicubic = {"psnr": b["psnr"], "ssim": b["ssim"]}
+        rep.info(f"validation: {len(val_pairs)} image(s) "
+                 + ("(built-in photos; --val DIR for your own, --no-val to skip)" if cfg.val is None
+                    else "from " + ", ".join(val_dirs))
+                 + f", bicubic scores {b['psnr']:.3f} dB")
     val_every = cfg.val_every or max(1, min(1000, cfg.steps // 5))
 
     world = ctx.world_size
@@ -569,9 +611,15 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
     log_f = None
     history: list[dict] = []
     best: dict | None = None
+    if cfg.resume:  # validation so far: a later, worse score must not replace the best student
+        history = list(ck.get("history") or [])
+        best = ck.get("best") if isinstance(ck.get("best"), dict) else None
     last_terms: dict[str, float] = {}
-    config_meta = {k: v for k, v in cfg.to_dict().items() if k not in ("resume", "overwrite", "out")}
+    config_meta = {k: v for k, v in cfg.to_dict().items() if k not in ("resume", "overwrite", "out", "explicit")}
     config_meta["teacher"] = Path(cfg.teacher).name
+    config_meta["teacher_sha256"] = teacher.sha256
+    config_meta["student_width_used"] = student.hyperparameters.get(get_family(student.architecture).width) \
+        if get_family(student.architecture) else cfg.student_width
     config_meta["global_batch"] = global_batch
     config_meta["world_size"] = world
     command = "srdistill distill " + " ".join(_argv_repr(cfg))
@@ -588,6 +636,7 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
             "disc": disc.state_dict() if disc else None, "disc_opt": d_opt.state_dict() if d_opt else None,
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "config": json.dumps(config_meta),
+            "best": best, "history": history,  # a resumed run keeps the best student, not a later worse one
         }
         # serialise in memory, then write with Python file I/O: torch.save's own writer turns a full
         # disk into a RuntimeError ("unexpected pos ..."); this way it is an OSError that atomic_path
@@ -751,6 +800,9 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
                                       "(continue with --resume)", signum=int(stop))
         if not val_pairs or best is None:
             save_output(step, None)
+        if best is not None and bicubic is not None and best["psnr"] < bicubic["psnr"]:
+            rep.warn(f"the student scores below bicubic on the validation images ({best['psnr']:.3f} < "
+                     f"{bicubic['psnr']:.3f} dB): train longer (--steps), on more data, or check the teacher")
         dump = os.environ.get(RANK_DUMP_ENV)
         if dump:  # test hook: every rank leaves its final weights, to check that ranks agree
             Path(dump).mkdir(parents=True, exist_ok=True)
@@ -778,7 +830,7 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
         student={"architecture": student.architecture, "params": student.params,
                  "hyperparameters": student.hyperparameters},
         compression_ratio=round(comp["ratio"], 3), data=stats.to_dict(), teacher_cache=cache_info,
-        validation=history, best=best,
+        validation=history, best=best, bicubic=bicubic,
     )
 
 

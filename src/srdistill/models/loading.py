@@ -8,7 +8,6 @@ EDSR), check the weights, and describe the model.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import os
@@ -25,7 +24,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._device import _device_constructors
 
-from ..errors import ModelLoadError, UnsafeModelError, UnsupportedModelError
+from ..fileio import sha256_file
+from ..errors import BadPathError, ModelLoadError, UnsafeModelError, UnsupportedModelError
 from ._compat import import_spandrel
 
 spandrel = import_spandrel()
@@ -54,12 +54,6 @@ def supported_architectures() -> list[str]:
     return sorted({a.architecture.id for a in _REGISTRY}, key=str.lower)
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -174,11 +168,23 @@ def inference_params(model: SRModel) -> int:
 # --------------------------------------------------------------------------- reading files
 
 
+def check_model_path(path: str | os.PathLike, *, onnx: bool = False) -> Path:
+    """Refuse, as a usage error, a model path that is missing, a folder or not a model file type --
+    before any output is checked or written."""
+    p = Path(path)
+    _check_file(p)
+    ext = p.suffix.lower()
+    if ext not in CHECKPOINT_EXTENSIONS and not (onnx and ext == ".onnx"):
+        raise BadPathError(f"{p.name} is not a model file (type {ext or '(none)'!r})",
+                           hint=f"use one of {', '.join(CHECKPOINT_EXTENSIONS)}" + (" or .onnx" if onnx else ""))
+    return p
+
+
 def _check_file(p: Path) -> None:
     if not p.exists():
-        raise ModelLoadError(f"model file {str(p)!r} does not exist")
+        raise BadPathError(f"model file {str(p)!r} does not exist")
     if p.is_dir():
-        raise ModelLoadError(f"{str(p)!r} is a folder, not a model file")
+        raise BadPathError(f"{str(p)!r} is a folder, not a model file")
     if p.stat().st_size == 0:
         raise ModelLoadError(f"model file {str(p)!r} is empty (0 bytes)")
 
@@ -301,8 +307,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     elif ext == ".onnx":
         raise UnsupportedModelError(f"{p.name} is an ONNX file; this command needs a PyTorch/safetensors checkpoint")
     else:
-        raise ModelLoadError(f"{p.name}: unsupported model file type {ext or '(none)'!r}",
-                             hint=f"use one of {', '.join(CHECKPOINT_EXTENSIONS)} or .onnx")
+        raise BadPathError(f"{p.name}: unsupported model file type {ext or '(none)'!r}",
+                           hint=f"use one of {', '.join(CHECKPOINT_EXTENSIONS)} or .onnx")
     if not isinstance(tensors, dict) or not tensors:
         raise ModelLoadError(f"{p.name} holds no tensors: it is not a model checkpoint")
     bad = [k for k, v in tensors.items() if not isinstance(v, torch.Tensor)]

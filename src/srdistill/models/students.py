@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import UsageError
+from ..progress import NULL, Reporter
 from .families import FAMILIES, Family, get_family, resolve_arch
 from .loading import SRModel, model_from_state_dict
 
@@ -19,6 +20,7 @@ class StudentSpec:
     width: int
     depth: int | None
     cross_family: bool
+    notes: list[str] = field(default_factory=list)  # adjustments the user should hear about
 
     def describe(self) -> str:
         d = f", depth {self.depth}" if self.depth is not None else ""
@@ -49,10 +51,15 @@ def student_spec(teacher: SRModel, width: int, depth: int | None = None, arch: s
     if family.depth is None and depth is not None and depth != family.fixed_depth:
         raise UsageError(f"{family.id} has a fixed depth of {family.fixed_depth} blocks",
                          hint="drop --student-depth or choose another --student-arch")
-    if width % family.width_multiple:
-        raise UsageError(f"{family.id} width must be a multiple of {family.width_multiple}, not {width}")
+    notes: list[str] = []
+    m = family.width_multiple
+    if width % m:  # the design card's `--student-width 32` on a DCTLSA teacher: round, say so
+        rounded = max(m, int(width / m + 0.5) * m)  # nearest; a tie goes up
+        notes.append(f"{family.id} widths are multiples of {m}: using {rounded}")
+        width = rounded
     if width < family.min_width:
-        raise UsageError(f"{family.id} width must be at least {family.min_width}, not {width}")
+        raise UsageError(f"{family.id} width must be at least {family.min_width}, not {width}",
+                         hint=f"use --student-width {family.min_width} or more, or --student-arch compact")
 
     if same:
         kwargs = copy.deepcopy(teacher.hyperparameters)
@@ -80,8 +87,9 @@ def student_spec(teacher: SRModel, width: int, depth: int | None = None, arch: s
         per_stage = int(kwargs["depths"][0])
         heads = int(kwargs["num_heads"][0])
         if width % heads:
-            raise UsageError(f"SwinIR width {width} is not divisible by its {heads} attention heads",
-                             hint=f"use a multiple of {heads}")
+            rounded = max(heads, int(width / heads + 0.5) * heads)
+            notes.append(f"SwinIR widths are multiples of its {heads} attention heads: using {rounded}")
+            width = kwargs[family.width] = rounded
         kwargs["depths"] = [per_stage] * depth
         kwargs["num_heads"] = [heads] * depth
     elif family.depth is not None:
@@ -90,13 +98,15 @@ def student_spec(teacher: SRModel, width: int, depth: int | None = None, arch: s
         # spandrel reads reduction as n_feats // (channel-attention width), so a narrow teacher
         # (24 features -> 1 channel) yields reduction 24: keep the student's attention at 1 channel
         kwargs["reduction"] = width
-    return StudentSpec(family, kwargs, width, depth, cross_family=not same)
+    return StudentSpec(family, kwargs, width, depth, cross_family=not same, notes=notes)
 
 
 def build_student(teacher: SRModel, width: int, depth: int | None = None, arch: str | None = None,
-                  *, allow_wider: bool = False, seed: int | None = None) -> SRModel:
+                  *, allow_wider: bool = False, seed: int | None = None, reporter: Reporter = NULL) -> SRModel:
     """A freshly initialised student whose weights load back in spandrel unchanged."""
     spec = student_spec(teacher, width, depth, arch, allow_wider=allow_wider)
+    for note in spec.notes:
+        reporter.info(note)
     if seed is not None:
         torch.manual_seed(seed)
     module = spec.family.cls()(**spec.kwargs)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .devices import resolve_device
+from .tiling import parse_tile
 from .errors import OutputExistsError, QualityGateError, SrDistillError, UsageError
 from .metrics import psnr, rgb_to_y, ssim, to_uint8
 from .progress import NULL, Reporter, Task
@@ -461,7 +462,7 @@ def evaluate(opts: EvalOptions, reporter: Reporter = NULL) -> EvalReport:
     thresholds = parse_psnr_thresholds(opts.fail_under_psnr)
     _check_int("--scale", opts.scale, 1)
     _check_int("--crop-border", opts.crop_border, 0)
-    tile = _check_int("--tile", opts.tile, 0)
+    tile = parse_tile(opts.tile, allow_auto=False)
     bench_size = _check_int("--bench-size", opts.bench_size, 1, allow_none=False)
     repeats = _check_int("--repeats", opts.bench_repeats, 1, allow_none=False)
     threads = _check_int("--threads", opts.threads, 1)

@@ -30,6 +30,7 @@ import gc
 import math
 from typing import Any, Callable, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -225,21 +226,29 @@ def _check_args(x: torch.Tensor, scale: int, overlap: int, min_size: int, multip
         raise ValueError(f"bad size requirements: min_size={min_size}, multiple_of={multiple_of}")
 
 
-def _parse_tile(tile: TileArg) -> int | str | None:
-    if tile is None or tile == "auto":
-        return tile
+def parse_tile(tile: TileArg, *, min_tile: int = 1, allow_auto: bool = True) -> int | str | None:
+    """The one reader of a tile option: ``"auto"``, None (no tiling: ``0`` or None) or a size of at
+    least ``min_tile`` pixels; anything else is a one-line :class:`UsageError` about ``--tile``."""
+    choices = "a number of pixels, 0 (no tiling)" + (" or auto" if allow_auto else "")
+    if tile is None:
+        return None
     if isinstance(tile, str):
         s = tile.strip().lower()
-        if s == "auto":
+        if s == "auto" and allow_auto:
             return "auto"
-        if s.isdigit():
+        try:
             tile = int(s)
-        else:
-            raise UsageError(f"tile must be a number of pixels, 0 or 'auto', got {tile!r}")
-    if isinstance(tile, bool) or not isinstance(tile, int):
-        raise UsageError(f"tile must be a number of pixels, 0 or 'auto', got {tile!r}")
+        except ValueError:
+            raise UsageError(f"invalid --tile {tile!r}", hint=f"use {choices}") from None
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)):
+        raise UsageError(f"invalid --tile {tile!r}", hint=f"use {choices}")
+    tile = int(tile)
     if tile < 0:
-        raise UsageError(f"tile must be 0 (no tiling) or a positive size, got {tile}")
+        raise UsageError(f"--tile must be 0 (no tiling){', auto' if allow_auto else ''} or a positive size, "
+                         f"got {tile}")
+    if 0 < tile < min_tile:
+        raise UsageError(f"--tile {tile} is too small", hint=f"use at least {min_tile} pixels, 0 (no tiling)"
+                         + (" or auto" if allow_auto else ""))
     return tile or None
 
 
@@ -268,7 +277,7 @@ def upscale_tensor(
     Out-of-memory with a fixed tile size becomes an :class:`SrDistillError` with a hint.
     """
     _check_args(x, scale, overlap, min_size, multiple_of)
-    t = _parse_tile(tile)
+    t = parse_tile(tile)
     if t == "auto":
         return auto_tile(
             fn, x, scale, overlap=overlap, min_size=min_size, multiple_of=multiple_of, square=square,

@@ -43,6 +43,7 @@ from .devices import resolve_device
 from .errors import ModelLoadError, OutputExistsError, SrDistillError, UnsupportedModelError, UsageError
 from .progress import NULL, Reporter, Task
 from .tiling import auto_tile, initial_tile_size, pad_bottom_right, upscale_tensor
+from .tiling import parse_tile as _parse_tile
 
 __all__ = [
     "ALPHA_MODES",
@@ -125,23 +126,7 @@ class UpscaleOptions:
 
 def parse_tile(tile: Any) -> int | str | None:
     """``"auto"``, None (no tiling: ``0`` or None) or a tile size of at least :data:`MIN_TILE`."""
-    if tile is None:
-        return None
-    if isinstance(tile, str):
-        s = tile.strip().lower()
-        if s == "auto":
-            return "auto"
-        try:
-            tile = int(s)
-        except ValueError:
-            raise UsageError(f"invalid --tile {tile!r}", hint="use a number of pixels, 0 (no tiling) or auto") from None
-    if isinstance(tile, bool) or not isinstance(tile, int):
-        raise UsageError(f"invalid --tile {tile!r}", hint="use a number of pixels, 0 (no tiling) or auto")
-    if tile < 0:
-        raise UsageError(f"--tile must be 0 (no tiling), auto or a positive size, got {tile}")
-    if 0 < tile < MIN_TILE:
-        raise UsageError(f"--tile {tile} is too small", hint=f"use at least {MIN_TILE} pixels, 0 (no tiling) or auto")
-    return tile or None
+    return _parse_tile(tile, min_tile=MIN_TILE)
 
 
 @dataclass

@@ -254,3 +254,18 @@ def test_a_model_with_markup_in_its_path_and_metadata_is_described(tmp_path):
     r = CliRunner().invoke(app, ["info", str(p)])
     assert r.exit_code == 0, r.output
     assert "[/x].safetensors" in r.output and "Traceback" not in r.output and "\x1b" not in r.output
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--seed", "-1"], "--seed"), (["--threads", "-1"], "--threads"), (["--weight-decay", "nan"], "--weight-decay"),
+    (["--grad-clip", "nan"], "--grad-clip"), (["--warmup-steps", "-1"], "--warmup-steps"),
+    (["--batch-size", "1000000000"], "--batch-size"), (["--student-depth", "100000"], "--student-depth"),
+    (["--feature-weight", "nan"], "--feature-weight"),
+])
+def test_absurd_numbers_are_one_line_usage_errors(tmp_path, args, flag):
+    teacher, data = _tiny(tmp_path)
+    r = CliRunner().invoke(app, ["distill", str(teacher), "-w", "4", "--data", str(data), *args,
+                                 "-o", str(tmp_path / "s.safetensors")])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().startswith("error:") and flag in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "s.safetensors").exists()

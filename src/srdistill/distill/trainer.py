@@ -386,10 +386,31 @@ def _nothing_to_do(cfg: DistillConfig, ck: dict, paths: dict[str, Path], rep: Re
         nothing_to_do=True)
 
 
+# numeric options: (field, lowest, highest or None); a value outside, or nan, is a usage error
+_RANGES = (("seed", 0, 2**63 - 1), ("threads", 1, 4096), ("batch_size", 1, 65536), ("patch_size", 4, 4096),
+           ("student_width", 1, 4096), ("student_depth", 1, 1024), ("steps", 1, 10**9),
+           ("warmup_steps", 0, 10**9), ("weight_decay", 0.0, None), ("grad_clip", 0.0, None),
+           ("feature_weight", 0.0, None), ("adversarial_weight", 0.0, None), ("max_images", 1, None),
+           ("log_every", 1, None))
+
+
+def _check_ranges(cfg: DistillConfig) -> None:
+    for name, lo, hi in _RANGES:
+        v = getattr(cfg, name)
+        if v is None:
+            continue
+        bad = isinstance(v, float) and not math.isfinite(v)
+        if bad or v < lo or (hi is not None and v > hi):
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} must be " + (f"between {lo} and {hi}" if hi is not None else f"at least {lo}")
+                             + f", not {v}")
+
+
 def _validate(cfg: DistillConfig) -> None:
     from ..models.loading import check_model_path
 
     check_model_path(cfg.teacher)  # inputs before outputs: `distill photo.jpg` is told about the photo
+    _check_ranges(cfg)
     if cfg.steps < 1:
         raise UsageError(f"--steps must be at least 1, not {cfg.steps}")
     if cfg.batch_size < 1:

@@ -169,3 +169,26 @@ def test_upcycled_inputs_are_labelled_by_the_teacher_only(teacher_path, data_dir
     with torch.no_grad():
         ref = teacher(zin.lr[None].float() / 255)[0].clamp(0, 1)
     assert np.abs(zin.hr.float().numpy() / 255 - ref.numpy()).max() <= 0.5 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("fid, width, depth", [("Compact", 8, 1), ("SPAN", 8, None), ("EDSR", 8, 1),
+                                               ("ESRGAN", 8, 1)])
+def test_init_teacher_builds_a_working_student_for_every_supported_family(fid, width, depth):
+    from test_models import lr_input, tiny_teacher
+
+    teacher = tiny_teacher(fid)
+    student = build_student(teacher, width, depth, seed=0)
+    x = lr_input(teacher)
+    report = init_from_teacher(student, teacher, x)
+    assert report.channels == width
+    if depth is not None:
+        assert len(report.blocks) == depth
+    student.module.eval()
+    with torch.no_grad():
+        y = student.module(x)
+    assert y.shape == teacher.module(x).shape and torch.isfinite(y).all()
+    # the same-size student is the teacher exactly
+    full = build_student(teacher, report.teacher_channels, None, seed=0)
+    init_from_teacher(full, teacher)
+    with torch.no_grad():
+        assert torch.allclose(full.module.eval()(x), teacher.module.eval()(x), atol=1e-5)

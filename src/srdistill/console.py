@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -17,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .errors import SrDistillError
+from .errors import SrDistillError, Terminated
 from .progress import Reporter, Task
 
 
@@ -253,6 +254,9 @@ def run_cli(fn: Callable[[], Any]) -> Any:
     """Run a command body: map SrDistillError to ``error: ...`` and its exit code."""
     import typer
 
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGTERM, _raise_terminated)  # distill installs its own for its loop
     try:
         return fn()
     except SrDistillError as e:
@@ -260,13 +264,22 @@ def run_cli(fn: Callable[[], Any]) -> Any:
             raise
         stderr_console().print(f"error: {escape_control(e)}", style="red", markup=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if debug_enabled():
             raise
-        stderr_console().print("error: interrupted", style="red", markup=False)
-        raise typer.Exit(128 + signal.SIGINT) from None
+        signum = getattr(e, "signum", signal.SIGINT)
+        what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+        stderr_console().print(f"error: {what}; partial outputs were removed", style="red", markup=False)
+        raise typer.Exit(128 + signum) from None
     except MemoryError:
         if debug_enabled():
             raise
         stderr_console().print("error: out of memory; use smaller inputs or tiles (--tile)", style="red")
         raise typer.Exit(1) from None
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()

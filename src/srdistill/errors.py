@@ -71,3 +71,10 @@ class Interrupted(SrDistillError):
     def __init__(self, message: str, *, signum: int = 2):
         super().__init__(message)
         self.exit_code = 128 + int(signum)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training loop: unwinds like Ctrl-C (temporaries are removed on the way
+    out), and the command exits 143. A BaseException, so no per-file ``except Exception`` eats it."""
+
+    signum = 15

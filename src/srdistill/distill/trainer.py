@@ -283,9 +283,12 @@ class _Signals:
         return self
 
     def _handle(self, signum, frame):
-        if self.received is not None:  # second Ctrl-C: stop now
+        # only a user's second Ctrl-C skips the checkpoint: SIGTERMs come in bursts (systemd,
+        # Kubernetes, CI runners) and must all end in a saved checkpoint
+        if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.received = signum
+        if self.received is None:
+            self.received = signum
 
     def __exit__(self, *exc):
         for s, h in self._old.items():

@@ -30,12 +30,13 @@ from pathlib import Path
 from . import common
 from .common import need_shared, save
 
-DCTLSA = {"scratch": dict(alpha=0.0), "output-kd": dict(alpha=0.5),
+DCTLSA = {"scratch": dict(alpha=0.0), "output-kd": dict(alpha=0.5),  # cross-family: random init
           "eco": dict(alpha_schedule="eco", alpha=1.0, alpha_end=0.0),
           "upcycle": dict(alpha=0.5, upcycle=True),
           "upcycle+eco": dict(alpha_schedule="eco", alpha=1.0, alpha_end=0.0, upcycle=True),
           "feature": dict(alpha=0.5, feature_weight=1.0)}
-ANIME = {"scratch": dict(alpha=0.0), "output-kd": dict(alpha=0.5), "init-teacher": dict(alpha=0.5, init="teacher")}
+ANIME = {"scratch": dict(alpha=0.0, init="random"), "output-kd": dict(alpha=0.5, init="random"),
+         "init-teacher": dict(alpha=0.5, init="teacher")}
 PAIRS = {"DCTLSA_x4": ("DCTLSA_x4.pt", DCTLSA), "realesr-animevideov3": ("realesr-animevideov3.pth", ANIME)}
 
 

@@ -62,7 +62,7 @@ def teacher_path(tmp_path_factory):
 def _cfg(teacher_path, data_dir, tmp_path, **kw) -> DistillConfig:
     base = dict(teacher=str(teacher_path), student_width=8, student_depth=2, data=[str(data_dir)], val=[],
                 steps=40, batch_size=4, patch_size=16, lr=2e-3, out=str(tmp_path / "s.safetensors"),
-                checkpoint_every=10, seed=1, log_every=5)
+                checkpoint_every=10, seed=1, log_every=5, init="random")  # a random student: the mechanics
     base.update(kw)
     return DistillConfig(**base)
 

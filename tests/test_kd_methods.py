@@ -192,3 +192,16 @@ def test_init_teacher_builds_a_working_student_for_every_supported_family(fid, w
     init_from_teacher(full, teacher)
     with torch.no_grad():
         assert torch.allclose(full.module.eval()(x), teacher.module.eval()(x), atol=1e-5)
+
+
+def test_init_auto_starts_a_same_family_student_from_the_teacher_and_a_cross_family_one_at_random(
+        teacher_path, data_dir, tmp_path):
+    from srdistill.progress import RecordingReporter
+
+    rep = RecordingReporter()
+    distill(_cfg(teacher_path, data_dir, tmp_path / "same", steps=1, init="auto"), rep)
+    assert any("init from the teacher" in m and "--init auto" in m for m in rep.infos), rep.infos
+    rep = RecordingReporter()
+    distill(_cfg(teacher_path, data_dir, tmp_path / "cross", steps=1, init="auto", student_arch="span",
+                 student_depth=None), rep)
+    assert not any("init from the teacher" in m for m in rep.infos)

@@ -69,8 +69,9 @@ def distill_cmd(
                                                           "teacher, mixed into each batch."),
     upcycle_ratio: Optional[float] = typer.Option(None, "--upcycle-ratio",
                                                   help="Share of each batch from upcycled inputs (default 0.25)."),
-    init: str = typer.Option("random", "--init", help="Student start: random, or teacher (same family: the "
-                                                      "teacher's most important channels and blocks)."),
+    init: str = typer.Option("auto", "--init", help="Student start: teacher (same family: the teacher's most "
+                                                    "important channels and blocks), random, or auto (teacher "
+                                                    "where the student is the teacher's family, else random)."),
     loss: str = typer.Option("l1", "--loss", help="Pixel loss: l1, charbonnier or mse."),
     feature_weight: float = typer.Option(0.0, "--feature-weight",
                                          help="Weight of feature distillation (FitNet, 1x1 adapters); 0 = off."),

@@ -39,7 +39,7 @@ SIGNAL_HOOK_ENV = "SRDISTILL_TEST_SIGTERM_AT_STEP"
 RANK_DUMP_ENV = "SRDISTILL_TEST_DUMP_RANK_WEIGHTS"  # test hook: each rank saves its final weights here  # test hook: behave as if SIGTERM arrived after this step
 CKPT_FORMAT = 1
 UPCYCLE_RATIO = 0.25  # default share of upcycled patches per batch with --upcycle
-INITS = ("random", "teacher")
+INITS = ("auto", "random", "teacher")
 
 
 @dataclass
@@ -65,7 +65,7 @@ class DistillConfig:
     alpha_end: float | None = None
     upcycle: bool = False
     upcycle_ratio: float | None = None  # None: UPCYCLE_RATIO
-    init: str = "random"
+    init: str = "auto"  # auto: from the teacher where the student can be (same family), else random
     loss: str = "l1"
     feature_weight: float = 0.0
     adversarial_weight: float = 0.0
@@ -451,9 +451,9 @@ def _validate(cfg: DistillConfig) -> None:
         raise UsageError("--upcycle needs HR images (zoom-in crops them)", hint="drop --lr-only or --upcycle")
     if cfg.upcycle and cfg.batch_size < 2:
         raise UsageError("--upcycle needs --batch-size 2 or more (each batch mixes both kinds of patch)")
-    cfg.init = (cfg.init or "random").strip().lower()
+    cfg.init = (cfg.init or "auto").strip().lower()
     if cfg.init not in INITS:
-        raise UsageError(f"unknown --init {cfg.init!r}", hint="use random or teacher")
+        raise UsageError(f"unknown --init {cfg.init!r}", hint="use auto, random or teacher")
     LossWeights(cfg.alpha, cfg.feature_weight, cfg.adversarial_weight, cfg.loss).validate()
 
 
@@ -477,10 +477,11 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
     student = build_student(teacher, cfg.student_width, cfg.student_depth, cfg.student_arch,
                             allow_wider=cfg.allow_wider, seed=cfg.seed, reporter=rep)
     student.module.to(device).train()
-    if cfg.init == "teacher":  # refused before any data is read
-        from ..models.teacher_init import check_supported
+    from ..models.teacher_init import can_init, check_supported
 
+    if cfg.init == "teacher":  # refused before any data is read
         check_supported(student, teacher)
+    init_from = cfg.init == "teacher" or (cfg.init == "auto" and can_init(student, teacher))
     comp = compression(teacher, student)
     if cfg.gt_size is not None:
         if cfg.gt_size % teacher.scale or cfg.gt_size // teacher.scale < 4:
@@ -504,13 +505,14 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
              + (f", {stats.skipped_unreadable} unreadable" if stats.skipped_unreadable else "")
              + (" (LR-only: the teacher is the only target)" if cfg.lr_only else ""))
 
-    if cfg.init == "teacher":
+    if init_from and not cfg.resume:  # a resumed run's weights come from its checkpoint
         from ..models.teacher_init import init_from_teacher
 
         p = cfg.patch_size
         probe = torch.stack([im.lr[:, :p, :p] for im in images[:4]]).float().div(255).to(device)
         init_rep = init_from_teacher(student, teacher, probe)
-        rep.info(init_rep.describe())
+        rep.info(init_rep.describe() + (" (--init auto: the student is the teacher's family)"
+                                         if cfg.init == "auto" else ""))
 
     schedule = make_schedule(cfg.alpha_schedule, cfg.alpha, cfg.alpha_end, cfg.steps)
     weights = LossWeights(schedule.peak(), cfg.feature_weight, cfg.adversarial_weight, cfg.loss,
@@ -899,6 +901,6 @@ def _argv_repr(cfg: DistillConfig) -> list[str]:
         out.append(f"--alpha-schedule {cfg.alpha_schedule} --alpha-end {cfg.alpha_end}")
     if cfg.upcycle:
         out.append("--upcycle" + (f" --upcycle-ratio {cfg.upcycle_ratio}" if cfg.upcycle_ratio is not None else ""))
-    if cfg.init != "random":
+    if cfg.init != "auto":
         out.append(f"--init {cfg.init}")
     return out

@@ -66,6 +66,18 @@ def check_supported(student: SRModel, teacher: SRModel):
     return fam
 
 
+def can_init(student: SRModel, teacher: SRModel) -> bool:
+    """Whether ``--init auto`` starts ``student`` from ``teacher``: same, supported family, and a
+    student no wider and no deeper than the teacher."""
+    fam = get_family(teacher.architecture)
+    if student.architecture != teacher.architecture or fam is None or fam.teacher_init is None:
+        return False
+    if fam.get_width(student.hyperparameters) > fam.get_width(teacher.hyperparameters):
+        return False
+    ds, dt = fam.get_depth(student.hyperparameters), fam.get_depth(teacher.hyperparameters)
+    return ds is None or dt is None or ds <= dt
+
+
 def _importance(t_sd: dict[str, torch.Tensor], width: int) -> torch.Tensor:
     score = torch.zeros(width, dtype=torch.float64)
     for v in t_sd.values():

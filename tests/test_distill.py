@@ -170,11 +170,19 @@ def test_output_is_never_clobbered_and_second_run_is_locked_out(teacher_path, da
         distill(_cfg(teacher_path, data_dir, tmp_path, steps=2))
     assert out.read_bytes() == b"precious"
     out.unlink()
-    lock = tmp_path / "s.safetensors.lock"
-    lock.write_text(str(os.getpid()))  # a live run holds it
-    with pytest.raises(OutputExistsError, match="another srdistill run"):
-        distill(_cfg(teacher_path, data_dir, tmp_path, steps=2))
-    lock.write_text("999999999")  # a dead run: stale lock is taken over
+    import fcntl
+
+    lock = tmp_path / "s.lock"
+    with open(lock, "w") as held:  # a live run holds the OS lock
+        held.write(str(os.getpid()))
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(OutputExistsError, match="another srdistill run"):
+            distill(_cfg(teacher_path, data_dir, tmp_path, steps=2))
+        # the same stem with another suffix case shares the checkpoint and log: refused too
+        with pytest.raises(OutputExistsError, match="another srdistill run"):
+            distill(_cfg(teacher_path, data_dir, tmp_path, steps=2, out=str(tmp_path / "s.SAFETENSORS")))
+    lock.write_text("1")  # left by a killed run whose pid is alive again (pid 1 in a container)
     distill(_cfg(teacher_path, data_dir, tmp_path, steps=2))
     assert not lock.exists()
 

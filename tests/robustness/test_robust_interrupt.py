@@ -175,7 +175,7 @@ def test_sigint_and_sigterm_save_a_checkpoint_and_exit_128_plus_signal(sig, code
 
 def test_a_second_run_on_the_same_output_is_refused_by_the_lock(teacher, train_dir, reference, tmp_path, tally):
     out = tmp_path / "s.safetensors"
-    lock = out.with_name("s.safetensors.lock")
+    lock = out.with_name("s.lock")
     with tally.case(CATEGORY, "second run while the first is running"):
         first = _spawn(_args(teacher, train_dir, out))
         try:

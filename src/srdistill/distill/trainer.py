@@ -142,7 +142,7 @@ def paths_for(out: str | Path) -> dict[str, Path]:
         "out": out,
         "ckpt": out.with_name(stem + ".ckpt"),
         "log": out.with_name(stem + ".train.jsonl"),
-        "lock": out.with_name(out.name + ".lock"),
+        "lock": out.with_name(stem + ".lock"),  # the stem: what the checkpoint and the log share
     }
 
 
@@ -169,17 +169,55 @@ def _written_by_srdistill(log: Path) -> bool:
 
 
 class RunLock:
-    """``<out>.lock`` created exclusively: a second run on the same output refuses to start."""
+    """``<stem>.lock`` next to the output, held with an OS lock (``flock``) for the run's life.
+
+    The OS drops the lock when the process dies however it dies (SIGKILL, OOM), so a stale lock
+    file never blocks a later run, also in a container where the restarted job has the same pid.
+    The lock is named after the stem, which the checkpoint and the log share: ``-o s.SAFETENSORS``
+    beside a live ``-o s.safetensors`` is refused instead of clobbering its checkpoint.
+    """
 
     def __init__(self, path: Path):
         self.path = path
         self.held = False
+        self._fd: int | None = None
 
     def acquire(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:  # a parent that is a file, a read-only folder, ...
             raise SrDistillError(f"cannot write to folder {str(self.path.parent)!r}: {e.strerror or e}") from None
+        try:
+            import fcntl
+        except ImportError:  # no POSIX locks (Windows): the lock file's pid decides
+            return self._acquire_by_pid()
+        for _ in range(5):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            except OSError as e:
+                raise SrDistillError(f"cannot create the lock file {str(self.path)!r}: {e.strerror or e}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                pid = self._owner()
+                os.close(fd)
+                raise OutputExistsError(
+                    f"another srdistill run (pid {pid or '?'}) is writing {self.path.stem!r}",
+                    hint="wait for it, or give another --output") from None
+            try:  # the previous holder may have removed the file between our open and our lock
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            self._fd, self.held = fd, True
+            return
+        raise OutputExistsError(f"cannot take the lock {str(self.path)!r}")
+
+    def _acquire_by_pid(self) -> None:
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -187,7 +225,7 @@ class RunLock:
                 pid = self._owner()
                 if pid is not None and _alive(pid):
                     raise OutputExistsError(
-                        f"another srdistill run (pid {pid}) is writing {self.path.name[:-5]!r}",
+                        f"another srdistill run (pid {pid}) is writing {self.path.stem!r}",
                         hint=f"wait for it, or remove {str(self.path)!r} if that run is gone") from None
                 with contextlib.suppress(OSError):
                     self.path.unlink()  # stale lock of a dead run
@@ -210,6 +248,10 @@ class RunLock:
         if self.held:
             with contextlib.suppress(OSError):
                 self.path.unlink()
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+                self._fd = None
             self.held = False
 
 

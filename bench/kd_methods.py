@@ -101,10 +101,18 @@ def one_run(teacher_name: str, method: str, seed: int, steps: int, work: Path, c
 
 
 def merge(work: Path, quick: bool = False) -> dict:
-    rows = [json.loads(p.read_text()) for p in sorted(work.glob("*.json"))]
+    rows = [json.loads(p.read_text()) for p in sorted(work.glob("*.json")) if p.name != "study_notes.json"]
     doc = {"settings": {"student": "compact 32/8", "batch": 16, "lr_patch": 32, "lr": 1e-3,
                         "data": "shared/data/train", "scored": "Y-PSNR/SSIM x4, Set5 and Set14"},
            "runs": rows}
+    extra = work / "study_notes.json"  # {"not_run": [...], "notes": [...]}, written by whoever ran the study
+    if extra.exists():
+        doc.update(json.loads(extra.read_text()))
+    threads = {r.get("threads") for r in rows}
+    if len(threads) == 1 and isinstance(next(iter(threads)), int):
+        import torch
+
+        torch.set_num_threads(next(iter(threads)))  # the machine line records the runs' threads
     save("kd_methods" + ("_quick" if quick else ""), doc)
     return doc
 

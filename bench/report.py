@@ -138,6 +138,10 @@ def _kd_methods(doc: dict) -> list[str]:
                       f"{statistics.mean(r['cache_seconds'] for r in v):.0f}"]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
+    for n in doc.get("not_run", []):
+        out += [f"Not in the table: `{n['method']}` ({n['teacher']}): {n['reason']}", ""]
+    for n in doc.get("notes", []):
+        out += [n, ""]
     return out
 
 

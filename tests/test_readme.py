@@ -41,3 +41,10 @@ def test_every_flag_of_every_command_is_in_the_readme():
                for opt in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])]
                if opt.startswith("--") and f"`{opt}`" not in text]
     assert not missing, missing
+
+
+def test_readme_states_the_install_size_caveat_and_the_measured_quickstart_time():
+    text = (ROOT / "README.md").read_text()
+    assert "--index-url https://download.pytorch.org/whl/cpu" in text  # the CPU-only alternative
+    assert re.search(r"quickstart itself \(after the install\) took \d+ min \d+ s on a quiet 2-core", text)
+    assert "CPU-friendly (1 min 34 s" in (ROOT / "examples" / "quickstart.sh").read_text()

@@ -55,5 +55,7 @@ def test_distill_with_stderr_to_a_file_shows_progress(teacher_path, data_dir, tm
     assert r.returncode == 0, text
     steps = [line for line in text.splitlines() if line.startswith("distilling ")]
     assert len(steps) >= 8, text  # every 10% (3 steps) of 30
-    assert "it/s" in steps[0] and "loss=" in steps[0] and "eta" in steps[0]
+    assert all("loss=" in line for line in steps)
+    # a rate (and so an eta) once 50 ms of work are behind it
+    assert any("it/s" in line and "eta" in line for line in steps), steps
     assert "Warning" not in text  # third-party warnings stay out of the user's log

@@ -190,7 +190,7 @@ class LineTask(Task):
         rate = (self.done - self._rate_done) / elapsed
         total = self._total
         pos = f"{self.done:g}/{total:g} ({100 * self.done / total:.0f}%)" if total else f"{self.done:g}"
-        if now - self._rate_t < 0.5:  # too soon for a meaningful rate
+        if now - self._rate_t < 0.05:  # too soon for a meaningful rate
             rate = 0.0
         parts = [self._desc, pos] + ([f"{rate:.3g} it/s"] if rate > 0 else [])
         fields = {k: v for k, v in self._fields.items() if k != "it/s"}

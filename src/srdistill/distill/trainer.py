@@ -456,12 +456,6 @@ def _validate(cfg: DistillConfig) -> None:
 
     check_model_path(cfg.teacher)  # inputs before outputs: `distill photo.jpg` is told about the photo
     _check_ranges(cfg)
-    if cfg.steps < 1:
-        raise UsageError(f"--steps must be at least 1, not {cfg.steps}")
-    if cfg.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, not {cfg.batch_size}")
-    if cfg.patch_size < 4:
-        raise UsageError(f"--patch-size must be at least 4 LR pixels, not {cfg.patch_size}")
     if not cfg.lr > 0:
         raise UsageError(f"--lr must be positive, not {cfg.lr}")
     if not 0 <= cfg.ema_decay < 1:

@@ -101,13 +101,16 @@ def _dim_index(t: int, s: int, ct: int, cs: int, idx: torch.Tensor) -> torch.Ten
     return False  # type: ignore[return-value]  # cannot map
 
 
+def _teacher_key(key: str, rx, remap, ds: int, dt: int, sel: list[int] | None) -> str:
+    """The teacher's state-dict key for a student key (block index mapped through ``remap``)."""
+    m = rx.match(key) if rx is not None else None
+    if not m:
+        return key
+    return key[: m.start(1)] + str(remap(int(m.group(1)), ds, dt, sel)) + key[m.end(1):]
+
+
 def _remapped(module_sd: dict, t_sd: dict, rx, remap, ds: int, dt: int, sel: list[int]) -> dict:
-    out = {}
-    for key in module_sd:
-        m = rx.match(key)
-        out[key] = t_sd.get(key[: m.start(1)] + str(remap(int(m.group(1)), ds, dt, sel)) + key[m.end(1):]
-                            if m else key)
-    return out
+    return {key: t_sd.get(_teacher_key(key, rx, remap, ds, dt, sel)) for key in module_sd}
 
 
 @torch.no_grad()
@@ -155,10 +158,7 @@ def init_from_teacher(student: SRModel, teacher: SRModel, probe: torch.Tensor | 
     rx = re.compile(pattern) if remap is not None else None
     new = {}
     for key, sv in student.module.state_dict().items():
-        tkey = key
-        m = rx.match(key) if rx else None
-        if m:
-            tkey = key[: m.start(1)] + str(remap(int(m.group(1)), ds, dt, sel)) + key[m.end(1):]
+        tkey = _teacher_key(key, rx, remap, ds, dt, sel)
         tv = t_sd.get(tkey)
         if tv is None or tv.ndim != sv.ndim:
             raise UsageError(f"--init teacher: no teacher weight matches the student's {key!r}",

@@ -72,6 +72,13 @@ def distill_cmd(
     init: str = typer.Option("auto", "--init", help="Student start: teacher (same family: the teacher's most "
                                                     "important channels and blocks), random, or auto (teacher "
                                                     "where the student is the teacher's family, else random)."),
+    degradation: str = typer.Option("bicubic", "--degradation",
+                                    help="How LR inputs are made: bicubic (clean), realesrgan (Real-ESRGAN's "
+                                         "second-order blur/resize/noise/JPEG), light (blur, mild noise, JPEG), "
+                                         "none (--lr-only: the images as they are) or a .toml/.json file."),
+    degradation_variants: Optional[int] = typer.Option(None, "--degradation-variants",
+                                                       help="Degraded variants per image, made once and "
+                                                            "labelled by the teacher cache (default 4)."),
     loss: str = typer.Option("l1", "--loss", help="Pixel loss: l1, charbonnier or mse."),
     feature_weight: float = typer.Option(0.0, "--feature-weight",
                                          help="Weight of feature distillation (FitNet, 1x1 adapters); 0 = off."),
@@ -119,7 +126,8 @@ def distill_cmd(
             val=[] if no_val else ([str(v) for v in val] if val else None), lr_only=lr_only, steps=steps,
             batch_size=batch_size, patch_size=patch_size, gt_size=gt_size, lr=lr, weight_decay=weight_decay,
             warmup_steps=warmup_steps, grad_clip=grad_clip, alpha=alpha, alpha_schedule=alpha_schedule,
-            alpha_end=alpha_end, upcycle=upcycle, upcycle_ratio=upcycle_ratio, init=init, loss=loss, feature_weight=feature_weight,
+            alpha_end=alpha_end, upcycle=upcycle, upcycle_ratio=upcycle_ratio, init=init, degradation=degradation,
+            degradation_variants=degradation_variants, loss=loss, feature_weight=feature_weight,
             adversarial_weight=adversarial_weight, ema_decay=ema_decay, val_every=val_every,
             checkpoint_every=checkpoint_every, out=str(out), resume=resume, overwrite=overwrite, device=device,
             precision=precision, seed=seed, teacher_cache=teacher_cache,

@@ -40,6 +40,7 @@ RANK_DUMP_ENV = "SRDISTILL_TEST_DUMP_RANK_WEIGHTS"  # test hook: each rank saves
 CKPT_FORMAT = 1
 UPCYCLE_RATIO = 0.25  # default share of upcycled patches per batch with --upcycle
 INITS = ("auto", "random", "teacher")
+DEFAULT_VARIANTS = 4  # degraded LR variants per training image with --degradation
 
 
 @dataclass
@@ -66,6 +67,8 @@ class DistillConfig:
     upcycle: bool = False
     upcycle_ratio: float | None = None  # None: UPCYCLE_RATIO
     init: str = "auto"  # auto: from the teacher where the student can be (same family), else random
+    degradation: str = "bicubic"  # bicubic (clean LR), realesrgan, light, none (with --lr-only) or a file
+    degradation_variants: int | None = None  # None: DEFAULT_VARIANTS with a degradation
     loss: str = "l1"
     feature_weight: float = 0.0
     adversarial_weight: float = 0.0
@@ -436,7 +439,7 @@ _RANGES = (("seed", 0, 2**63 - 1), ("threads", 1, 4096), ("batch_size", 1, 65536
            ("student_width", 1, 4096), ("student_depth", 1, 1024), ("steps", 1, 10**9),
            ("warmup_steps", 0, 10**9), ("weight_decay", 0.0, None), ("grad_clip", 0.0, None),
            ("feature_weight", 0.0, None), ("adversarial_weight", 0.0, None), ("max_images", 1, None),
-           ("log_every", 1, None))
+           ("log_every", 1, None), ("degradation_variants", 1, 256))
 
 
 def _check_ranges(cfg: DistillConfig) -> None:
@@ -487,10 +490,29 @@ def _validate(cfg: DistillConfig) -> None:
         raise UsageError("--upcycle needs HR images (zoom-in crops them)", hint="drop --lr-only or --upcycle")
     if cfg.upcycle and cfg.batch_size < 2:
         raise UsageError("--upcycle needs --batch-size 2 or more (each batch mixes both kinds of patch)")
+    _validate_degradation(cfg)
     cfg.init = (cfg.init or "auto").strip().lower()
     if cfg.init not in INITS:
         raise UsageError(f"unknown --init {cfg.init!r}", hint="use auto, random or teacher")
     LossWeights(cfg.alpha, cfg.feature_weight, cfg.adversarial_weight, cfg.loss).validate()
+
+
+def _validate_degradation(cfg: DistillConfig) -> None:
+    from ..data.degrade import load_degradation
+
+    deg = load_degradation(cfg.degradation)  # a bad preset file is refused before anything is loaded
+    if deg is None:
+        if cfg.degradation_variants is not None:
+            raise UsageError("--degradation-variants needs a --degradation (realesrgan, light or a file)")
+        if cfg.degradation.strip().lower() == "none" and not cfg.lr_only:
+            raise UsageError("--degradation none is for --lr-only data (the images are the inputs)",
+                             hint="use bicubic (the default) to make LR from HR images")
+        return
+    if cfg.upcycle:
+        raise UsageError("--upcycle and --degradation cannot be combined yet", hint="drop one of them")
+    if cfg.degradation_variants is not None and not cfg.teacher_cache:
+        raise UsageError("--degradation-variants counts the cached variants; --no-teacher-cache degrades every "
+                         "patch afresh", hint="drop one of them")
 
 
 def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision: str, paths: dict[str, Path]):
@@ -541,6 +563,13 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
              + (f", {stats.skipped_unreadable} unreadable" if stats.skipped_unreadable else "")
              + (" (LR-only: the teacher is the only target)" if cfg.lr_only else ""))
 
+    from ..data.degrade import load_degradation
+
+    deg = load_degradation(cfg.degradation)
+    deg_info = None
+    if deg is not None and cfg.teacher_cache:
+        images, deg_info = _degrade(cfg, deg, images, teacher.scale, rep)
+
     if init_from and not cfg.resume:  # a resumed run's weights come from its checkpoint
         from ..models.teacher_init import init_from_teacher
 
@@ -576,7 +605,16 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
         rep.info(f"teacher cache: {len(images)} image(s) in {cache_info['seconds']:.1f} s"
                  + (f" ({fill['reused']} reused from {cfg.teacher_cache_dir})" if fill["reused"] else "")
                  + f", stored as uint8 (targets within {qerr:.5f} = 0.5/255 of the teacher's output)")
-    sampler = PatchSampler(images, teacher.scale, cfg.patch_size)
+    if deg_info is not None:
+        cache_info["degradation"] = deg_info
+    if deg is not None and not cfg.teacher_cache:
+        from ..data.otf import OnTheFlySampler
+
+        sampler = OnTheFlySampler(images, teacher.scale, cfg.patch_size, deg)
+        rep.info(f"degradation: {deg.describe()}, every patch degraded afresh and labelled by the live teacher "
+                 "(--no-teacher-cache)")
+    else:
+        sampler = PatchSampler(images, teacher.scale, cfg.patch_size)
     if cfg.upcycle:
         sampler = _upcycle(cfg, images, teacher, device, rep, cache_info, sampler)
 
@@ -682,6 +720,8 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
     config_meta["teacher_sha256"] = teacher.sha256
     config_meta["student_width_used"] = student.hyperparameters.get(get_family(student.architecture).width) \
         if get_family(student.architecture) else cfg.student_width
+    if deg is not None:
+        config_meta["degradation_params"] = deg.params
     config_meta["global_batch"] = global_batch
     config_meta["world_size"] = world
     command = "srdistill distill " + " ".join(_argv_repr(cfg))
@@ -923,6 +963,21 @@ def _upcycle(cfg: DistillConfig, images, teacher, device, rep: Reporter, cache_i
     return MixedSampler(sampler, PatchSampler(up, teacher.scale, cfg.patch_size), k, cfg.batch_size)
 
 
+def _degrade(cfg: DistillConfig, deg, images, scale: int, rep: Reporter):
+    """K degraded variants of every image (they replace the clean LR inputs), made once."""
+    from ..data.degrade import make_variants
+
+    k = cfg.degradation_variants or DEFAULT_VARIANTS
+    t0 = time.monotonic()
+    out = make_variants(images, deg, k, scale, cfg.seed, reporter=rep)
+    secs = time.monotonic() - t0
+    mb = sum(i.lr.numel() for i in out) / 1e6
+    rep.info(f"degradation: {deg.describe()}, {k} variant(s) of each of {len(images)} image(s) = {len(out)} "
+             f"inputs, {mb:.1f} MB of LR, made in {secs:.1f} s (the teacher labels each variant once)")
+    return out, {"name": deg.describe(), "variants": k, "inputs": len(out), "lr_bytes": int(mb * 1e6),
+                 "seconds": round(secs, 3)}
+
+
 def _argv_repr(cfg: DistillConfig) -> list[str]:
     out = [Path(cfg.teacher).name, f"--student-width {cfg.student_width}"]
     if cfg.student_depth:
@@ -939,4 +994,8 @@ def _argv_repr(cfg: DistillConfig) -> list[str]:
         out.append("--upcycle" + (f" --upcycle-ratio {cfg.upcycle_ratio}" if cfg.upcycle_ratio is not None else ""))
     if cfg.init != "auto":
         out.append(f"--init {cfg.init}")
+    if cfg.degradation != "bicubic":
+        out.append(f"--degradation {cfg.degradation}")
+        if cfg.degradation_variants is not None:
+            out.append(f"--degradation-variants {cfg.degradation_variants}")
     return out

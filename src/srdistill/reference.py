@@ -1,0 +1,74 @@
+"""Scoring against the teacher instead of ground truth (``eval --reference teacher``).
+
+A real-world teacher (Real-ESRGAN, animevideov3, OpenModelDB models) is not trying to
+reproduce the HR image of a benchmark, and the user's own photos have no HR at all. What a
+student of such a teacher should be judged on is how closely it follows the teacher: the
+PSNR/SSIM of the student's output against the teacher's output on the same input. These
+helpers make the input/reference pairs that :func:`srdistill.evaluate.score_pairs` scores:
+
+* :func:`degrade_pairs` replaces the LR of HR/LR pairs by a seeded degradation of the HR;
+* :func:`lr_only_pairs` reads a folder of inputs (no HR);
+* :func:`teacher_reference` sets each pair's reference to the teacher's uint8 output.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.datasets import EvalPair, _list, to_uint8_chw
+from .data.degrade import Degradation, variant_rng
+from .errors import SrDistillError, UsageError
+from .progress import NULL, Reporter, Task
+
+#: variant index of evaluation degradations: training variants use 0 .. K-1 of the training seed
+EVAL_VARIANT = 0
+
+
+def degrade_pairs(pairs: list[EvalPair], deg: Degradation, scale: int, seed: int) -> list[EvalPair]:
+    """The same pairs with LR inputs degraded from the HR (seeded per image: repeatable)."""
+    out = []
+    for i, p in enumerate(pairs):
+        hr = torch.from_numpy(np.ascontiguousarray(p.hr.transpose(2, 0, 1)))
+        out.append(EvalPair(p.name, deg.degrade(hr, scale, variant_rng(seed, i, EVAL_VARIANT)), p.hr))
+    return out
+
+
+def lr_only_pairs(folder: str | os.PathLike, *, reporter: Reporter = NULL,
+                  skipped: list[str] | None = None) -> list[EvalPair]:
+    """Every image of ``folder`` as an input; references are filled by :func:`teacher_reference`."""
+    from .data.images import read_image
+
+    files = _list(Path(folder))
+    if not files:
+        raise UsageError(f"no images found in {str(folder)!r}")
+    pairs = []
+    for p in files:
+        try:
+            img = read_image(p)
+        except SrDistillError as e:
+            if skipped is None:
+                raise
+            reporter.warn(f"skipping {p.name}: {e}")
+            skipped.append(f"{p.name}: {e}")
+            continue
+        pairs.append(EvalPair(p.name, to_uint8_chw(img.rgb, 3), None))  # type: ignore[arg-type]
+    return pairs
+
+
+def teacher_reference(pairs: list[EvalPair], teacher, scale: int, *, device: torch.device | str = "cpu",
+                      tile: int | None = None, task: Task | None = None) -> list[EvalPair]:
+    """The pairs with the teacher's output (uint8 H x W x 3) as the reference image."""
+    from .evaluate import run_sr
+    from .metrics import to_uint8
+
+    out = []
+    for p in pairs:
+        ref = to_uint8(run_sr(teacher, p.lr, scale, device=device, tile=tile))
+        out.append(EvalPair(p.name, p.lr, np.ascontiguousarray(ref)))
+        if task is not None:
+            task.advance(1)
+    return out

@@ -28,7 +28,12 @@ from pathlib import Path
 from . import common
 from .common import need_shared, save
 
-CONDITIONS = {"bicubic": dict(degradation="bicubic"), "realesrgan": dict(degradation="realesrgan")}
+PRESETS = Path(__file__).parent / "presets"
+CONDITIONS = {"bicubic": dict(degradation="bicubic"), "realesrgan": dict(degradation="realesrgan"),
+              # the choice of clean_prob (share of clean bicubic inputs among the variants)
+              "realesrgan-clean25": dict(degradation=str(PRESETS / "realesrgan_clean25.json")),
+              "realesrgan-clean50": dict(degradation=str(PRESETS / "realesrgan_clean50.json")),
+              "realesrgan-clean75": dict(degradation=str(PRESETS / "realesrgan_clean75.json"))}
 EVAL_SEED = 12345
 TEACHER = "realesr-animevideov3.pth"
 

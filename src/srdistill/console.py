@@ -252,6 +252,51 @@ class RichReporter(Reporter):
                                soft_wrap=True)
 
 
+class StdoutError(SrDistillError):
+    """Results could not be written: standard output is closed, full or a broken pipe."""
+
+
+class _GuardedStdout:
+    """sys.stdout that turns a failed write (``> /dev/full``, a closed pipe) into one ``error:`` line,
+    and that never fails on a character the output encoding lacks (ASCII-only terminals and logs)."""
+
+    def __init__(self, stream):
+        self._s = stream
+        self.failed = False
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.reconfigure(errors="backslashreplace")
+
+    def _guard(self, fn, *args):
+        if self.failed:
+            return 0
+        try:
+            return fn(*args)
+        except OSError as e:
+            self.failed = True
+            raise StdoutError(f"cannot write the results to standard output: {e.strerror or e}",
+                              hint="check the disk or the pipe the output goes to") from None
+
+    def write(self, text: str) -> int:
+        return self._guard(self._s.write, text)
+
+    def flush(self) -> None:
+        self._guard(self._s.flush)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._s, name)
+
+
+def _guard_streams() -> None:
+    if sys.stdout is None:  # `srdistill ... >&-`: nowhere to put the results; say so before any work
+        raise StdoutError("standard output is closed: the results have nowhere to go",
+                          hint="redirect it to a file or /dev/null instead of closing it")
+    if not isinstance(sys.stdout, _GuardedStdout):
+        sys.stdout = _GuardedStdout(sys.stdout)
+    if sys.stderr is not None:
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            sys.stderr.reconfigure(errors="backslashreplace")
+
+
 def run_cli(fn: Callable[[], Any]) -> Any:
     """Run a command body: map SrDistillError to ``error: ...`` and its exit code."""
     import typer
@@ -260,11 +305,13 @@ def run_cli(fn: Callable[[], Any]) -> Any:
     if threading.current_thread() is threading.main_thread():
         old = signal.signal(signal.SIGTERM, _raise_terminated)  # distill installs its own for its loop
     try:
+        _guard_streams()
         return fn()
     except SrDistillError as e:
         if debug_enabled():
             raise
-        stderr_console().print(f"error: {escape_control(e)}", style="red", markup=False, soft_wrap=True)
+        if sys.stderr is not None:
+            stderr_console().print(f"error: {escape_control(e)}", style="red", markup=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt as e:
         if debug_enabled():

@@ -233,12 +233,18 @@ def dataset_name(folder: str | os.PathLike) -> str:
     return name or str(folder)
 
 
-def _check_int(name: str, value: Any, minimum: int, allow_none: bool = True) -> int | None:
+def _check_int(name: str, value: Any, minimum: int, allow_none: bool = True, maximum: int | None = None) -> int | None:
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise UsageError(f"invalid {name} {value!r}: expected an integer >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise UsageError(f"invalid {name} {value!r}: expected at most {maximum}")
     return int(value)
+
+
+#: largest LR side of the benchmark input (x4: an 8192 x 8192 output, 0.8 GB as float32)
+MAX_BENCH_SIZE = 2048
 
 
 @dataclass
@@ -268,6 +274,10 @@ class EvalOptions:
     bench_size: int = 128
     bench_repeats: int = 10
     threads: int | None = None
+    reference: str = "hr"  # "teacher": score against the teacher's outputs (fidelity), not the HR images
+    degradation: str | None = None  # degrade the HR into the inputs (realesrgan, light, a file)
+    seed: int = 0  # of the degradation
+    lr_only: bool = False  # the folders hold inputs, no HR (needs reference "teacher")
 
 
 @dataclass
@@ -306,6 +316,7 @@ class EvalReport:
     quality_gate: dict | None = None
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    reference: str = "hr"
 
     @property
     def skipped(self) -> list[str]:
@@ -315,6 +326,10 @@ class EvalReport:
     @property
     def metric(self) -> str:
         space = "Y channel (BT.601, studio range)" if self.y_channel else "RGB"
+        if self.reference == "teacher":
+            return (f"fidelity to the teacher, not to ground truth: PSNR (dB) / SSIM (Gaussian 11x11, sigma 1.5) "
+                    f"against the teacher's uint8 outputs on the {space}, {self.crop_border} px border cropped; "
+                    "inf = identical to the teacher")
         return (f"PSNR (dB) / SSIM (Gaussian 11x11, sigma 1.5) on the {space} of uint8 outputs, "
                 f"{self.crop_border} px border cropped; inf = identical to HR")
 
@@ -341,6 +356,7 @@ class EvalReport:
             "quality_gate": self.quality_gate,
             "notes": self.notes,
             "seconds": self.seconds,
+            "reference": self.reference,
         }
 
     def check_quality_gate(self) -> None:
@@ -454,7 +470,6 @@ COMPARISON_GAP_MSE_FLOOR = 1.0
 
 def evaluate(opts: EvalOptions, reporter: Reporter = NULL) -> EvalReport:
     """Score the bicubic baseline and every model on every dataset; see the module docstring."""
-    from .data.datasets import find_lr_dir, load_eval_pairs
     from .report import benchmark, save_png
 
     t_start = time.monotonic()
@@ -466,9 +481,10 @@ def evaluate(opts: EvalOptions, reporter: Reporter = NULL) -> EvalReport:
     _check_int("--scale", opts.scale, 1)
     _check_int("--crop-border", opts.crop_border, 0)
     tile = parse_tile(opts.tile, allow_auto=False)
-    bench_size = _check_int("--bench-size", opts.bench_size, 1, allow_none=False)
-    repeats = _check_int("--repeats", opts.bench_repeats, 1, allow_none=False)
-    threads = _check_int("--threads", opts.threads, 1)
+    bench_size = _check_int("--bench-size", opts.bench_size, 1, allow_none=False, maximum=MAX_BENCH_SIZE)
+    repeats = _check_int("--repeats", opts.bench_repeats, 1, allow_none=False, maximum=10_000)
+    threads = _check_int("--threads", opts.threads, 1, maximum=4096)
+    deg = _check_reference_options(opts)
     if not opts.data:
         raise UsageError("no dataset given", hint="pass --data FOLDER (HR images, or an HR/ + LR_bicubic/ layout)")
     for d in opts.data:
@@ -501,6 +517,9 @@ def evaluate(opts: EvalOptions, reporter: Reporter = NULL) -> EvalReport:
             teacher_index = 0
     elif len(specs) >= 2:
         teacher_index = 0
+    if opts.reference == "teacher" and teacher_index is None:
+        raise UsageError("--reference teacher needs a teacher to compare with",
+                         hint="give the teacher as the first model, or pass --teacher FILE")
     loaded = []
     for s in specs:
         model, path = _load(s, device, threads)
@@ -534,27 +553,9 @@ def evaluate(opts: EvalOptions, reporter: Reporter = NULL) -> EvalReport:
 
     # ---- datasets
     ds_names = _unique([dataset_name(d) for d in opts.data])
-    datasets = []
-    for d, name in zip(opts.data, ds_names):
-        skipped: list[str] = []
-        pairs = load_eval_pairs(d, scale, reporter=rep, skipped=skipped)
-        if not pairs and skipped:
-            raise SrDistillError(f"no readable images in {str(d)!r}: {skipped[0]}" +
-                                 (f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""))
-        if not pairs:
-            raise UsageError(f"no usable images in {str(d)!r} (all smaller than the scale {scale})")
-        for p in pairs:
-            h, w = p.hr.shape[:2]
-            if h - 2 * crop_border < 11 or w - 2 * crop_border < 11:
-                raise UsageError(f"{name}/{p.name} is {w}x{h}: too small to score with a {crop_border} px border "
-                                 "(SSIM needs 11x11 pixels)")
-        folder = Path(d)
-        if folder.is_dir() and (folder / "HR").is_dir() and not any(True for _ in folder.glob("*.png")):
-            folder = folder / "HR"
-        paired = folder.is_dir() and find_lr_dir(folder, scale) is not None
-        datasets.append({"name": name, "path": str(d), "images": len(pairs), "skipped": skipped,
-                         "lr": "paired LR images" if paired else "MATLAB bicubic downscale of the uint8 HR",
-                         "pairs": pairs})
+    teacher_entry = entries[0] if teacher_index is not None else None
+    datasets = [_load_dataset(d, name, scale, crop_border, opts, deg, teacher_entry, device, tile, rep)
+                for d, name in zip(opts.data, ds_names)]
     unknown = [n for n in thresholds if n is not None and n not in ds_names]
     if unknown:
         raise UsageError(f"--fail-under-psnr names unknown dataset(s) {', '.join(map(repr, unknown))}",
@@ -610,6 +611,12 @@ def evaluate(opts: EvalOptions, reporter: Reporter = NULL) -> EvalReport:
                        path=e.path, params=int(params) if params is not None else None, self_ensemble=se)
         for di, ds in enumerate(datasets):
             paths = save_plan.get((ri, di))
+            if opts.reference == "teacher" and e.role == "teacher":  # the reference itself: not run twice
+                for i, pair in enumerate(ds["pairs"] if paths is not None else []):
+                    save_png(paths[i], pair.hr, overwrite=opts.overwrite)
+                row.datasets[ds["name"]] = {"psnr": float("inf"), "ssim": 1.0, "delta_psnr": None, "images": [],
+                                            "reference": True}
+                continue
 
             def on_output(i, pair, sr, _di=di, _ri=ri, _paths=paths):
                 if _paths is not None:
@@ -635,6 +642,8 @@ def evaluate(opts: EvalOptions, reporter: Reporter = NULL) -> EvalReport:
         if teacher_row is None:
             continue
         for name, d in r.datasets.items():
+            if opts.reference == "teacher":
+                break  # the scores are already relative to the teacher
             t = teacher_row.datasets[name]["psnr"]
             delta = d["psnr"] - t
             d["delta_psnr"] = None if math.isnan(delta) else delta
@@ -720,8 +729,65 @@ def evaluate(opts: EvalOptions, reporter: Reporter = NULL) -> EvalReport:
         scale=scale, crop_border=crop_border, y_channel=bool(opts.y_channel), self_ensemble=bool(opts.self_ensemble),
         device=str(device), datasets=datasets, models=rows, teacher=teacher_row.name if teacher_row else None,
         benchmark=bench_info, comparison=comparison, saved_images=str(save_root) if save_root is not None else None,
-        quality_gate=gate, notes=notes, seconds=time.monotonic() - t_start,
+        quality_gate=gate, notes=notes, seconds=time.monotonic() - t_start, reference=opts.reference,
     )
+
+
+def _check_reference_options(opts: EvalOptions):
+    """--reference / --degradation / --lr-only / --seed, checked before anything is loaded."""
+    from .data.degrade import load_degradation
+
+    opts.reference = str(opts.reference or "hr").strip().lower()
+    if opts.reference not in ("hr", "teacher"):
+        raise UsageError(f"unknown --reference {opts.reference!r}", hint="use hr (ground truth) or teacher")
+    _check_int("--seed", opts.seed, 0, allow_none=False)
+    if opts.lr_only and opts.reference != "teacher":
+        raise UsageError("--lr-only folders have no ground truth to score against",
+                         hint="add --reference teacher (scores are then fidelity to the teacher)")
+    deg = load_degradation(opts.degradation)
+    if deg is not None and opts.lr_only:
+        raise UsageError("--degradation makes inputs from HR images; --lr-only folders are inputs already",
+                         hint="drop one of them")
+    return deg
+
+
+def _load_dataset(d: Any, name: str, scale: int, crop_border: int, opts: EvalOptions, deg, teacher: "_Entry | None",
+                  device: torch.device, tile: int | None, rep: Reporter) -> dict:
+    """One dataset's input/reference pairs: HR folders or paired layouts (LR made as papers do, or
+    degraded with ``--degradation``), or with ``--lr-only`` the folder's images as inputs; with
+    ``--reference teacher`` the teacher's outputs replace the HR images."""
+    from .data.datasets import find_lr_dir, load_eval_pairs
+    from .reference import degrade_pairs, lr_only_pairs, teacher_reference
+
+    skipped: list[str] = []
+    if opts.lr_only:
+        pairs = lr_only_pairs(d, reporter=rep, skipped=skipped)
+        lr_desc = "the folder's images (LR-only, no ground truth)"
+    else:
+        pairs = load_eval_pairs(d, scale, reporter=rep, skipped=skipped)
+        folder = Path(d)
+        if folder.is_dir() and (folder / "HR").is_dir() and not any(True for _ in folder.glob("*.png")):
+            folder = folder / "HR"
+        paired = folder.is_dir() and find_lr_dir(folder, scale) is not None
+        lr_desc = "paired LR images" if paired else "MATLAB bicubic downscale of the uint8 HR"
+        if deg is not None:
+            pairs = degrade_pairs(pairs, deg, scale, opts.seed)
+            lr_desc = f"{deg.describe()} degradation of the HR, seed {opts.seed}"
+    if not pairs and skipped:
+        raise SrDistillError(f"no readable images in {str(d)!r}: {skipped[0]}" +
+                             (f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""))
+    if not pairs:
+        raise UsageError(f"no usable images in {str(d)!r} (all smaller than the scale {scale})")
+    if opts.reference == "teacher":
+        with rep.task(f"teacher reference on {name}", total=len(pairs)) as task:
+            pairs = teacher_reference(pairs, teacher.model, scale, device=device, tile=tile, task=task)
+    for p in pairs:
+        h, w = p.hr.shape[:2]
+        if h - 2 * crop_border < 11 or w - 2 * crop_border < 11:
+            raise UsageError(f"{name}/{p.name} is {w}x{h}: too small to score with a {crop_border} px border "
+                             "(SSIM needs 11x11 pixels)")
+    return {"name": name, "path": str(d), "images": len(pairs), "skipped": skipped, "lr": lr_desc,
+            "pairs": pairs}
 
 
 def _window_grid(err: np.ndarray, win: int, region: tuple[int, int, int, int]):
@@ -797,17 +863,29 @@ def _make_comparison(path: Path, rows_spec: list[_Entry], rows: list[ModelRow], 
     from .report import comparison_grid, save_png
 
     pairs = ds["pairs"]
+    to_teacher = opts.reference == "teacher"
     if crop is not None:
         img_index, (x, y, cw, ch) = 0, crop
         how = "given (--crop)"
+    elif to_teacher:  # the teacher row is the reference: pick where bicubic is farthest from it
+        img_index, x, y, cw, ch, how = _representative_crop(rows[:1], ds, grids, pairs)
+        how = "where bicubic is farthest from the teacher"
     else:
         img_index, x, y, cw, ch, how = _representative_crop(rows, ds, grids, pairs)
     pair = pairs[img_index]
     hr_crop = pair.hr[y:y + ch, x:x + cw]
     panels = []
     psnrs: dict[str, float] = {}
+    if to_teacher:  # input | teacher | students
+        lr = pair.lr.permute(1, 2, 0).numpy()
+        inp = np.repeat(np.repeat(lr, scale, 0), scale, 1)[y:y + ch, x:x + cw]
+        panels.append(("input", inp, f"{pair.name} {x},{y} {cw}x{ch}"))
+        panels.append((next(r.name for r in rows if r.role == "teacher") + " (teacher)", hr_crop, "reference"))
     with rep.task("comparison image", total=len(rows)) as task:
         for e, r in zip(rows_spec, rows):
+            if to_teacher and r.role != "student":
+                task.advance(1)
+                continue
             sr = to_uint8(run_sr(e.model, pair.lr, scale, device=device,
                                  tile=tile if e.role != "baseline" else None, self_ensemble=r.self_ensemble))
             c = sr[y:y + ch, x:x + cw]
@@ -818,7 +896,8 @@ def _make_comparison(path: Path, rows_spec: list[_Entry], rows: list[ModelRow], 
                 label += " (teacher)"
             panels.append((label, c, f"{v:.2f} dB" if math.isfinite(v) else "inf dB (identical)"))
             task.advance(1)
-    panels.append(("HR", hr_crop, f"{pair.name} {x},{y} {cw}x{ch}"))
+    if not to_teacher:
+        panels.append(("HR", hr_crop, f"{pair.name} {x},{y} {cw}x{ch}"))
     save_png(path, comparison_grid(panels), overwrite=opts.overwrite)
     return {"path": str(path), "dataset": ds["name"], "image": pair.name, "crop": [x, y, cw, ch],
             "chosen": how, "psnr": psnrs,

@@ -54,17 +54,11 @@ def model_info(path: str | os.PathLike) -> ModelInfo:
 
         d = onnx_info(p)
         meta = d.pop("metadata")
-        import json
+        from .metadata import decode_srdistill_metadata, metadata_int
 
-        srd = {}
-        for k, v in meta.items():
-            if k.startswith("srdistill."):
-                try:
-                    srd[k[10:]] = json.loads(v)
-                except ValueError:
-                    srd[k[10:]] = v
+        srd = decode_srdistill_metadata(meta)
         return ModelInfo(path=str(p), format="onnx", architecture=d["architecture"], scale=d["scale"],
-                         params=srd.get("params"), hyperparameters=srd.get("hyperparameters", {}) or {},
+                         params=metadata_int(meta, "srdistill.params", 0), hyperparameters=srd.get("hyperparameters", {}) or {},
                          knobs=srd.get("knobs", {}) or {}, srdistill=srd, sha256=d["sha256"],
                          onnx={k: d[k] for k in ("opset", "inputs", "outputs", "dynamic_axes", "producer")})
     from .models.loading import load_model

@@ -12,6 +12,7 @@ import numpy as np
 
 from .errors import BadPathError, ModelLoadError, UnsupportedModelError
 from .fileio import sha256_file
+from .metadata import metadata_int
 
 # torch is imported where a tensor is made, not here: describing or running an .onnx file through
 # onnxruntime needs no torch, and importing it costs seconds of start-up (`srdistill info x.onnx`)
@@ -78,7 +79,9 @@ class OnnxModel:
     @property
     def hyperparameters(self) -> dict:
         try:
-            return json.loads(self.metadata.get("srdistill.hyperparameters", "{}"))
+            from .metadata import decode_srdistill_metadata
+
+            return decode_srdistill_metadata(self.metadata).get("hyperparameters", {})
         except ValueError:
             return {}
 
@@ -131,34 +134,90 @@ def load_onnx(path: str | os.PathLike, *, device: str = "cpu", threads: int | No
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise ModelLoadError(f"onnxruntime cannot open {p.name}: {(str(e).splitlines() or ['?'])[0][:200]}") from None
     channels = dims[1] if isinstance(dims[1], int) and dims[1] > 0 else 3
-    scale = int(json.loads(meta["srdistill.scale"])) if "srdistill.scale" in meta else 0
+    scale = metadata_int(meta, "srdistill.scale") or static_scale(proto) or 0
     model = OnnxModel(path=p, session=sess, scale=scale, architecture=meta.get("srdistill.architecture", "onnx").strip('"'),
                       metadata=meta, sha256=sha256_file(p), input_name=sess.get_inputs()[0].name,
                       output_name=sess.get_outputs()[0].name, fp16=fp16, static_size=static, input_channels=channels)
     for key, attr in (("srdistill.params", "params"), ("srdistill.min_size", "min_size"),
                       ("srdistill.multiple_of", "multiple_of")):
-        if key in meta:
-            try:
-                setattr(model, attr, int(json.loads(meta[key])))
-            except (ValueError, TypeError):
-                pass
+        v = metadata_int(meta, key, minimum=0)
+        if v is not None:
+            setattr(model, attr, v)
     if model.scale < 1:
-        h, w = static or (16, 16)
-        probe = np.random.default_rng(0).random((1, channels, h, w), dtype=np.float32)
-        try:
-            (y,) = sess.run([model.output_name], {model.input_name: probe.astype(np.float16) if fp16 else probe})
-            y = np.asarray(y)
-        except Exception as e:  # noqa: BLE001
-            raise ModelLoadError(f"{p.name} failed a probe run in onnxruntime: {(str(e).splitlines() or ['?'])[0][:200]}") from None
-        if y.ndim != 4 or y.shape[-1] % w:
-            raise UnsupportedModelError(f"{p.name} does not map an image to an upscaled image (output {tuple(y.shape)})")
-        model.scale = y.shape[-1] // w
+        model.scale = _probe_scale(p, sess, model, static, channels, fp16)
     return model
 
 
+#: a graph whose scale is neither in its metadata nor in its static shapes is run once on a tiny input;
+#: a run longer than this is stopped (a Loop with a 10**12 trip count must not hang ``upscale``)
+PROBE_SECONDS = 5.0
+
+
+def _probe_scale(p: Path, sess, model, static, channels: int, fp16: bool) -> int:
+    import threading
+
+    import onnxruntime as ort
+
+    h, w = static or (16, 16)
+    probe = np.random.default_rng(0).random((1, channels, h, w), dtype=np.float32)
+    opts = ort.RunOptions()
+    timer = threading.Timer(PROBE_SECONDS, lambda: setattr(opts, "terminate", True))
+    timer.start()
+    try:
+        (y,) = sess.run([model.output_name], {model.input_name: probe.astype(np.float16) if fp16 else probe}, opts)
+        y = np.asarray(y)
+    except Exception as e:  # noqa: BLE001
+        why = "took longer than %g s" % PROBE_SECONDS if opts.terminate else (str(e).splitlines() or ["?"])[0][:200]
+        raise ModelLoadError(f"{p.name} failed a probe run in onnxruntime: {why}",
+                             hint="an SR model upscales a 16x16 input in milliseconds; this graph is not one") from None
+    finally:
+        timer.cancel()
+    if y.ndim != 4 or y.shape[-1] % w:
+        raise UnsupportedModelError(f"{p.name} does not map an image to an upscaled image (output {tuple(y.shape)})")
+    return y.shape[-1] // w
+
+
+def static_scale(proto, size: int = 16) -> int | None:
+    """The scale read from the graph's shapes without running it: ONNX shape inference with the
+    input fixed to ``size`` x ``size`` (None when the shapes do not say)."""
+    import copy
+
+    import onnx
+
+    try:
+        m = copy.deepcopy(proto)
+        dims = m.graph.input[0].type.tensor_type.shape.dim
+        if len(dims) != 4:
+            return None
+        for d, v in zip(dims, (1, None, size, size)):
+            if v is not None and not (d.HasField("dim_value") and d.dim_value > 0):
+                d.Clear()
+                d.dim_value = v
+        w = dims[3].dim_value
+        m.graph.output[0].type.tensor_type.ClearField("shape")
+        inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+        out = [d.dim_value if d.HasField("dim_value") else None
+               for d in inferred.graph.output[0].type.tensor_type.shape.dim]
+    except Exception:  # noqa: BLE001 - shape inference refuses some graphs: then we do not know
+        return None
+    if len(out) != 4 or not out[3] or out[3] % w or out[3] < w:
+        return None
+    return out[3] // w
+
+
 def onnx_info(path: str | os.PathLike) -> dict:
+    import onnxruntime as ort
+
     proto = load_onnx_proto(path)
     meta = {m.key: m.value for m in proto.metadata_props}
+    p = Path(path)
+    if len(_dims(proto.graph.input[0]) if proto.graph.input else []) != 4:
+        raise UnsupportedModelError(f"{p.name} takes a rank-{len(_dims(proto.graph.input[0])) if proto.graph.input else 0} "
+                                    "input; an SR model takes NCHW (rank 4)")
+    try:  # onnxruntime's own checks (external data outside the folder, unknown ops): opening, not running
+        ort.InferenceSession(str(p), sess_options=session_options(1), providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise ModelLoadError(f"onnxruntime cannot open {p.name}: {(str(e).splitlines() or ['?'])[0][:200]}") from None
 
     def io(vi):
         return {"name": vi.name, "shape": _dims(vi), "dtype": _elem_name(vi.type.tensor_type.elem_type)}
@@ -167,15 +226,12 @@ def onnx_info(path: str | os.PathLike) -> dict:
     outputs = [io(v) for v in proto.graph.output]
     dynamic = {v["name"]: [i for i, d in enumerate(v["shape"]) if isinstance(d, str)] for v in inputs + outputs}
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None)
-    scale = None
-    if "srdistill.scale" in meta:
-        scale = json.loads(meta["srdistill.scale"])
-    else:
-        scale = load_onnx(path).scale
+    # never run an untrusted graph to describe it: the metadata, else the static shapes, else unknown
+    scale = metadata_int(meta, "srdistill.scale") or static_scale(proto)
     return {
         "path": str(path),
         "format": "onnx",
-        "architecture": meta.get("srdistill.architecture", "").strip('"') or None,
+        "architecture": str(meta.get("srdistill.architecture", "")).strip('"') or None,
         "scale": scale,
         "opset": opset,
         "inputs": inputs,

@@ -33,7 +33,7 @@ def degrade_pairs(pairs: list[EvalPair], deg: Degradation, scale: int, seed: int
     out = []
     for i, p in enumerate(pairs):
         hr = torch.from_numpy(np.ascontiguousarray(p.hr.transpose(2, 0, 1)))
-        out.append(EvalPair(p.name, deg.degrade(hr, scale, variant_rng(seed, i, EVAL_VARIANT)), p.hr))
+        out.append(EvalPair(p.name, deg.degrade(hr, scale, variant_rng(seed, i, EVAL_VARIANT), training=False), p.hr))
     return out
 
 

@@ -30,6 +30,9 @@ CATEGORIES = (
     "image reader fuzz",
     "bad images and paths",
     "interruption and faults during distill",
+    "resource budgets of tiny files",
+    "malformed but harmless inputs",
+    "finished runs' files",
 )
 
 

@@ -69,6 +69,15 @@ def eval_cmd(
     fail_under_psnr: List[str] = typer.Option([], "--fail-under-psnr", help="Exit with code 3 if a student's mean "
                                                                             "PSNR is below X dB; DATASET=X for one "
                                                                             "dataset (repeatable)."),
+    reference: str = typer.Option("hr", "--reference", help="What outputs are scored against: hr (ground truth) "
+                                                            "or teacher (its outputs: fidelity to the teacher, for "
+                                                            "real-world teachers and folders without HR)."),
+    lr_only: bool = typer.Option(False, "--lr-only", help="--data holds inputs with no HR (your own photos); "
+                                                          "needs --reference teacher."),
+    degradation: Optional[str] = typer.Option(None, "--degradation", help="Make inputs by degrading the HR: "
+                                                                         "realesrgan, light or a .toml/.json "
+                                                                         "file (default: bicubic)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of --degradation (the same seed, the same inputs)."),
     tile: Optional[int] = typer.Option(None, "--tile", help="Run models on tiles of N LR pixels (0: whole image)."),
     bench: bool = typer.Option(True, "--bench/--no-bench", help="Measure latency, peak memory and MACs."),
     bench_size: int = typer.Option(128, "--bench-size", help="LR side of the benchmark input (square)."),
@@ -92,7 +101,8 @@ def eval_cmd(
             save_images=str(save_images) if save_images is not None else None, overwrite=overwrite,
             comparison=str(comparison) if comparison is not None else None, crop=crop,
             fail_under_psnr=list(fail_under_psnr), benchmark=bench, bench_size=bench_size,
-            bench_repeats=repeats, threads=threads,
+            bench_repeats=repeats, threads=threads, reference=reference, lr_only=lr_only,
+            degradation=degradation, seed=seed,
         )
         report = evaluate(opts, RichReporter(quiet=quiet or json_out))
         if json_out:
@@ -127,9 +137,10 @@ def _render(r) -> None:
     t.add_column("params", justify="right")
     t.add_column("compression", justify="right")
     ds_names = [d["name"] for d in r.datasets]
+    deltas = bool(r.teacher) and r.reference != "teacher"
     for name in ds_names:
-        t.add_column(f"{name}\nPSNR / SSIM", justify="right")
-        if r.teacher:
+        t.add_column(f"{name}\nPSNR / SSIM" + (" vs teacher" if r.reference == "teacher" else ""), justify="right")
+        if deltas:
             t.add_column(f"{name}\nΔ dB", justify="right")
     if r.benchmark:
         t.add_column("ms / MP", justify="right")
@@ -140,8 +151,8 @@ def _render(r) -> None:
                  "-" if row.compression is None else f"{row.compression:.1f}x"]
         for name in ds_names:
             d = row.datasets[name]
-            cells.append(f"{_db(d['psnr'])} / {d['ssim']:.4f}")
-            if r.teacher:
+            cells.append("reference" if d.get("reference") else f"{_db(d['psnr'])} / {d['ssim']:.4f}")
+            if deltas:
                 cells.append(_signed(d["delta_psnr"]))
         if r.benchmark:
             cells += [_num(row.latency_ms_per_mp, ".1f"),
@@ -152,7 +163,10 @@ def _render(r) -> None:
     lines = [f"metric: {r.metric}"]
     for d in r.datasets:
         lines.append(f"{d['name']}: {d['images']} images from {d['path']} (LR: {d['lr']})")
-    if r.teacher:
+    if r.reference == "teacher":
+        lines.append(f"reference: the outputs of the teacher {r.teacher}; these scores say how closely each model "
+                     "follows it, not how close it is to ground truth")
+    elif r.teacher:
         lines.append(f"teacher: {r.teacher} (compression = teacher params / model params; Δ = PSNR - teacher PSNR)")
     if r.benchmark:
         b = r.benchmark

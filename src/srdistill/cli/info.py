@@ -35,7 +35,8 @@ def info_cmd(
         t.add_column(overflow="fold")  # wrap, never cut: the sha256 is there to be copied
         t.add_row("architecture", str(info.architecture))
         t.add_row("format", info.format)
-        t.add_row("scale", f"x{info.scale}")
+        t.add_row("scale", f"x{info.scale}" if info.scale else "unknown (not in the metadata or the graph's shapes; "
+                                                              "the graph is not run to find out)")
         if info.params is not None:
             extra = f" ({_fmt(info.params_total)} incl. training-only branches)" if (
                 info.params_total and info.params_total != info.params) else ""

@@ -54,6 +54,9 @@ REALESRGAN: dict[str, Any] = {
     "gaussian_noise_prob2": 0.5, "noise_range2": [1.0, 25.0], "poisson_scale_range2": [0.05, 2.5],
     "gray_noise_prob2": 0.4, "jpeg_range2": [30.0, 95.0],
     "final_sinc_prob": 0.8,
+    # srdistill's addition, not Real-ESRGAN's: this share of training inputs stays clean (MATLAB bicubic
+    # LR), so a student also follows the teacher on clean pictures (evaluation degrades every image)
+    "clean_prob": 0.0,
 }
 
 # blur + mild noise + JPEG, one stage: photos from a decent camera, shared once
@@ -70,7 +73,7 @@ PRESETS = {"realesrgan": REALESRGAN, "light": LIGHT}
 NO_DEGRADATION = ("bicubic", "none")
 FIELDS = tuple(REALESRGAN)
 
-_PROBS = ("sinc_prob", "gaussian_noise_prob", "gray_noise_prob", "second_order_prob", "second_blur_prob",
+_PROBS = ("clean_prob", "sinc_prob", "gaussian_noise_prob", "gray_noise_prob", "second_order_prob", "second_blur_prob",
           "sinc_prob2", "gaussian_noise_prob2", "gray_noise_prob2", "final_sinc_prob")
 # ranges: (lowest allowed, highest allowed)
 _RANGES = {"blur_sigma": (0.01, 20.0), "blur_sigma2": (0.01, 20.0), "betag_range": (0.05, 10.0),
@@ -90,8 +93,17 @@ class Degradation:
     def describe(self) -> str:
         return self.name
 
-    def degrade(self, img: torch.Tensor, scale: int, rng: np.random.Generator) -> torch.Tensor:
-        """uint8 C x H x W (HR) -> uint8 C x H/scale x W/scale, degraded; H and W multiples of ``scale``."""
+    def degrade(self, img: torch.Tensor, scale: int, rng: np.random.Generator, *,
+                training: bool = True) -> torch.Tensor:
+        """uint8 C x H x W (HR) -> uint8 C x H/scale x W/scale, degraded; H and W multiples of ``scale``.
+        In training, a ``clean_prob`` share of inputs is the clean bicubic LR instead."""
+        clean = rng.uniform() < self.params["clean_prob"]  # always drawn: the rest of the stream stays put
+        if clean and training:
+            if scale == 1:
+                return img.clone()
+            from .datasets import make_lr
+
+            return make_lr(img, scale)
         return render(img, scale, draw(self.params, rng), rng)
 
 

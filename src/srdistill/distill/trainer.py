@@ -161,14 +161,27 @@ def _remove_stale_partials(paths: dict[str, Path]) -> None:
                 tmp.unlink()
 
 
-def _written_by_srdistill(log: Path) -> bool:
-    """True if ``log`` is a training log srdistill started (its first line is our start event)."""
+def _unfinished_run_log(log: Path) -> bool:
+    """True if ``log`` is a training log srdistill started (its first line is our start event) for a run
+    that never finished (killed, or stopped before its last step): only such a log may be replaced
+    without --overwrite. A finished run's log is the record of a model that may live elsewhere now."""
     try:
         with open(log, encoding="utf-8") as f:
             first = json.loads(f.readline() or "null")
-    except (OSError, ValueError, UnicodeDecodeError):
+            if not (isinstance(first, dict) and first.get("event") == "start" and "srdistill" in first):
+                return False
+            steps, finished = (first.get("config") or {}).get("steps"), False
+            for line in f:
+                if '"start"' not in line and '"end"' not in line:
+                    continue
+                rec = json.loads(line)
+                if rec.get("event") == "start":  # a resumed run: its own --steps
+                    steps, finished = (rec.get("config") or {}).get("steps"), False
+                elif rec.get("event") == "end":
+                    finished = isinstance(steps, int) and rec.get("step", 0) >= steps
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
         return False
-    return isinstance(first, dict) and first.get("event") == "start" and "srdistill" in first
+    return not finished
 
 
 class RunLock:
@@ -399,7 +412,7 @@ def distill(cfg: DistillConfig, reporter: Reporter = NULL) -> DistillResult:
                                          hint="run without --resume to start fresh")
                 else:
                     check_writable(paths["out"], overwrite=cfg.overwrite)
-                    if not _written_by_srdistill(paths["log"]):  # a killed run's own log may be replaced
+                    if not _unfinished_run_log(paths["log"]):  # a killed run's own log may be replaced
                         check_writable(paths["log"], overwrite=cfg.overwrite)
                     if paths["ckpt"].exists() and not cfg.overwrite:
                         raise OutputExistsError(f"a checkpoint of an earlier run exists: {str(paths['ckpt'])!r}",

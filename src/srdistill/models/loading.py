@@ -25,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._device import _device_constructors
 
 from ..fileio import sha256_file
-from ..errors import BadPathError, ModelLoadError, UnsafeModelError, UnsupportedModelError
+from ..errors import BadPathError, ModelLoadError, UnsafeModelError, UnsupportedModelError, UsageError
 from ._compat import import_spandrel
 
 spandrel = import_spandrel()
@@ -106,14 +106,9 @@ class SRModel:
     @property
     def srdistill(self) -> dict[str, Any]:
         """The ``srdistill.*`` metadata entries, JSON-decoded (empty for foreign files)."""
-        out: dict[str, Any] = {}
-        for k, v in self.metadata.items():
-            if k.startswith("srdistill."):
-                try:
-                    out[k[len("srdistill."):]] = json.loads(v)
-                except (TypeError, ValueError):
-                    out[k[len("srdistill."):]] = v
-        return out
+        from ..metadata import decode_srdistill_metadata
+
+        return decode_srdistill_metadata(self.metadata)
 
     @property
     def name(self) -> str:
@@ -303,6 +298,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             if isinstance(obj.get("config"), str):
                 metadata["srdistill.config"] = obj["config"]
             obj = obj["ema"]["module"]
+        odd = [k for k in obj if not isinstance(k, str)] if isinstance(obj, dict) else []
+        if odd:
+            raise ModelLoadError(f"{p.name} is not a model state dict: key {odd[0]!r} "
+                                 f"({type(odd[0]).__name__}) is not a parameter name")
         tensors = canonicalize_state_dict(obj)
     elif ext == ".onnx":
         raise UnsupportedModelError(f"{p.name} is an ONNX file; this command needs a PyTorch/safetensors checkpoint")
@@ -376,12 +375,13 @@ class _ConstructionBudget(TorchFunctionMode):
     bounds memory and time without guessing per architecture.
     """
 
-    def __init__(self, state: dict, name: str):
+    def __init__(self, state: dict, name: str, *, max_elements: int | None = None, what: str | None = None):
         super().__init__()
-        numel = sum(int(t.numel()) for t in state.values() if isinstance(t, torch.Tensor))
+        numel = _stored_elements(state)
         self.name = name
-        self.max_elements = 4 * numel + MAX_EXTRA_ELEMENTS
-        self.max_tensors = 4 * len(state) + MAX_EXTRA_TENSORS
+        self.max_elements = (4 * numel + MAX_EXTRA_ELEMENTS) if max_elements is None else max_elements
+        self.max_tensors = (4 * len(state) + MAX_EXTRA_TENSORS) if max_elements is None else 10**6
+        self.what = what
         self.elements = 0
         self.tensors = 0
 
@@ -395,12 +395,38 @@ class _ConstructionBudget(TorchFunctionMode):
 
     def _count(self, tensors: int, elements: int) -> None:
         if self.elements + elements > self.max_elements or self.tensors + tensors > self.max_tensors:
+            if self.what:
+                raise UsageError(f"{self.name} would have over {self.elements + elements:,} parameters: "
+                                 f"{self.what}")
             raise ModelLoadError(
                 f"{self.name} describes a model far larger than the weights it holds "
                 f"(over {self.tensors + tensors:,} tensors / {self.elements + elements:,} values to build from "
                 f"{self.max_elements - MAX_EXTRA_ELEMENTS:,} stored): corrupt or hostile file")
         self.tensors += tensors
         self.elements += elements if tensors else 0
+
+
+def construction_budget(name: str, max_elements: int, what: str) -> _ConstructionBudget:
+    """A bound on what building a model may allocate (a usage error naming ``what`` beyond it)."""
+    return _ConstructionBudget({}, name, max_elements=max_elements, what=what)
+
+
+def _stored_elements(state: dict) -> int:
+    """Values the file really holds: each distinct storage once, by its bytes. ``numel()`` would
+    trust declared shapes, and a few-KB ``.pth`` of stride-0 tensors (``as_strided(..., (0, 0, 0, 0))``)
+    or meta tensors declares billions of values it never stored."""
+    seen: set[tuple[int, int]] = set()
+    n = 0
+    for t in state.values():
+        if not isinstance(t, torch.Tensor) or t.is_meta or t.layout != torch.strided:
+            continue  # meta and sparse tensors: what they declare is not stored (a strict load refuses them)
+        st = t.untyped_storage()
+        key = (st.data_ptr(), st.nbytes())
+        if key in seen:
+            continue
+        seen.add(key)
+        n += min(st.nbytes() // max(1, t.element_size()), t.numel())
+    return n
 
 
 _SIZED_FACTORIES = frozenset({torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn})

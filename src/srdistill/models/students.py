@@ -101,15 +101,24 @@ def student_spec(teacher: SRModel, width: int, depth: int | None = None, arch: s
     return StudentSpec(family, kwargs, width, depth, cross_family=not same, notes=notes)
 
 
+STUDENT_MAX_PARAMS = 64 * 1024**2  # a student above max(this, 4x the teacher) is refused before it is built
+
+
 def build_student(teacher: SRModel, width: int, depth: int | None = None, arch: str | None = None,
                   *, allow_wider: bool = False, seed: int | None = None, reporter: Reporter = NULL) -> SRModel:
     """A freshly initialised student whose weights load back in spandrel unchanged."""
     spec = student_spec(teacher, width, depth, arch, allow_wider=allow_wider)
     for note in spec.notes:
         reporter.info(note)
+    from .loading import construction_budget
+
+    budget = max(STUDENT_MAX_PARAMS, 4 * teacher.params)  # before seeding: counting may probe the teacher
     if seed is not None:
         torch.manual_seed(seed)
-    module = spec.family.cls()(**spec.kwargs)
+    with construction_budget(f"a {spec.describe()} student", budget,
+                             f"more than srdistill builds (at most {budget:,}: 4x the teacher or "
+                             f"{STUDENT_MAX_PARAMS:,}); choose a smaller --student-width/--student-depth"):
+        module = spec.family.cls()(**spec.kwargs)
     # Round trip through the loader: proves the student is detected (so it loads in spandrel,
     # chaiNNer, ComfyUI) and gives the same description a saved file will get.
     model = model_from_state_dict(module.state_dict(), name=f"{spec.family.id} student")

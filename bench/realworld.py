@@ -30,24 +30,47 @@ from .common import need_shared, save
 
 PRESETS = Path(__file__).parent / "presets"
 CONDITIONS = {"bicubic": dict(degradation="bicubic"), "realesrgan": dict(degradation="realesrgan"),
-              # the choice of clean_prob (share of clean bicubic inputs among the variants)
-              "realesrgan-clean25": dict(degradation=str(PRESETS / "realesrgan_clean25.json")),
-              "realesrgan-clean50": dict(degradation=str(PRESETS / "realesrgan_clean50.json")),
-              "realesrgan-clean75": dict(degradation=str(PRESETS / "realesrgan_clean75.json"))}
+              # Real-ESRGAN's own stream, no clean inputs (clean_prob 0): what chose the clean share
+              "realesrgan-pure": dict(degradation=str(PRESETS / "realesrgan_pure.json"))}
 EVAL_SEED = 12345
+EVAL_DRAWS = 4  # degraded inputs per benchmark image: one draw of a random pipeline is a noisy sample
 TEACHER = "realesr-animevideov3.pth"
 
 
 def _sets():
+    """Set14 (the study's benchmark) and Set5 (a check set: the clean share was not chosen on it),
+    each with degraded and clean inputs, the teacher's outputs as references."""
     from srdistill.data.datasets import load_eval_pairs
     from srdistill.data.degrade import load_degradation
     from srdistill.models.loading import load_model
     from srdistill.reference import degrade_pairs, teacher_reference
 
     teacher = load_model(need_shared("weights", TEACHER))
-    clean = load_eval_pairs(need_shared("data", "Set14", "HR"), 4)
-    degraded = degrade_pairs(clean, load_degradation("realesrgan"), 4, EVAL_SEED)
-    return teacher, {"clean": teacher_reference(clean, teacher, 4), "degraded": teacher_reference(degraded, teacher, 4)}
+    out = {}
+    for name, prefix in (("Set14", ""), ("Set5", "set5_")):
+        clean = load_eval_pairs(need_shared("data", name, "HR"), 4)
+        degraded = degrade_pairs(clean, load_degradation("realesrgan"), 4, EVAL_SEED, draws=EVAL_DRAWS)
+        out[prefix + "clean"] = teacher_reference(clean, teacher, 4)
+        out[prefix + "degraded"] = teacher_reference(degraded, teacher, 4)
+    return teacher, out
+
+
+def rescore(work: Path) -> None:
+    """Score every finished run again on every set (after a set was added)."""
+    from srdistill.evaluate import score_pairs
+    from srdistill.models.loading import load_model
+
+    _, sets = _sets()
+    for p in sorted(work.glob("*_s*.json")):
+        row = json.loads(p.read_text())
+        student = work / f"{row['condition']}_s{row['seed']}.safetensors"
+        if not student.exists():
+            continue
+        m = load_model(student)
+        for name, pairs in sets.items():
+            s = score_pairs(m, pairs, 4)
+            row[f"fidelity_{name}_psnr"], row[f"fidelity_{name}_ssim"] = s["psnr"], s["ssim"]
+        p.write_text(json.dumps(row, indent=1))
 
 
 def _config(cond: str, seed: int, steps: int, out: Path, threads: int | None, cache: str | None, **extra):
@@ -84,7 +107,7 @@ def one_run(cond: str, seed: int, steps: int, work: Path, threads: int | None, c
     return row
 
 
-def timing(work: Path, steps: int = 60, threads: int | None = None) -> dict:
+def timing(work: Path, steps: int = 200, threads: int | None = None) -> dict:
     """Seconds per step (after set-up) of three kinds of step; run it alone on the machine."""
     from srdistill.distill.trainer import distill
 
@@ -148,13 +171,13 @@ def merge(work: Path) -> dict:
     doc: dict = {"steps": steps[0] if len(steps) == 1 else steps, "seeds": sorted({r["seed"] for r in rows}),
                  "teacher": TEACHER, "student": "compact 32/8", "alpha": 1.0, "init": "auto (teacher)",
                  "data": "shared/data/train", "scored": "Y-PSNR/SSIM vs the teacher's output, Set14, 4 px border",
-                 "eval_degradation": f"realesrgan, seed {EVAL_SEED}"}
+                 "eval_degradation": f"realesrgan, seed {EVAL_SEED}, {EVAL_DRAWS} draws per image"}
     for key in ("fidelity_degraded_psnr", "fidelity_clean_psnr", "fidelity_degraded_ssim", "fidelity_clean_ssim",
-                "seconds"):
+                "fidelity_set5_degraded_psnr", "fidelity_set5_clean_psnr", "seconds"):
         doc[key] = {}
         doc[key + "_spread"] = {}
         for c in CONDITIONS:
-            vals = [r[key] for r in rows if r["condition"] == c]
+            vals = [r[key] for r in rows if r["condition"] == c and key in r]
             if vals:
                 doc[key][c] = statistics.mean(vals)
                 doc[key + "_spread"][c] = (max(vals) - min(vals)) / 2
@@ -167,11 +190,16 @@ def merge(work: Path) -> dict:
         doc["timing_threads"] = tm.get("threads")
         doc["cached_over_student_only"] = tm["cached_variants"] / tm["student_only"]
     d, c = doc["fidelity_degraded_psnr"], doc["fidelity_clean_psnr"]
-    if len(d) == 2:
+    if "bicubic" in d and "realesrgan" in d:
         doc["gain_degraded_db"] = d["realesrgan"] - d["bicubic"]
         doc["loss_clean_db"] = c["bicubic"] - c["realesrgan"]
     doc["picture"] = _picture(work)
     doc["runs"] = rows
+    explore = sorted((work / "explore").glob("*_s*.json")) if (work / "explore").is_dir() else []
+    if explore:  # how the clean share was chosen (seed 0, Set14; each variant clean with that probability)
+        doc["clean_share_exploration"] = [
+            {k: json.loads(p.read_text()).get(k) for k in ("condition", "seed", "fidelity_degraded_psnr",
+                                                            "fidelity_clean_psnr")} for p in explore]
     save("realworld", doc)
     return doc
 
@@ -200,11 +228,14 @@ if __name__ == "__main__":
     ap.add_argument("--teacher-cache-dir")
     ap.add_argument("--timing", action="store_true", help="only the per-step timing (run it alone)")
     ap.add_argument("--merge", action="store_true")
+    ap.add_argument("--rescore", action="store_true", help="score the finished runs again on every set")
     a = ap.parse_args()
     work = Path(a.work or common.RESULTS / "realworld_runs")
     work.mkdir(parents=True, exist_ok=True)
     if a.timing:
         print(json.dumps(timing(work, threads=a.threads)))
+    elif a.rescore:
+        rescore(work)
     elif a.merge:
         print(json.dumps(merge(work), indent=1))
     else:

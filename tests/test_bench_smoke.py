@@ -76,3 +76,10 @@ def test_report_renders_from_results(tmp_path):
     text = out.read_text()
     assert "28.430" in text and "Not measured yet" in text
     assert "| scratch | 0,1 | 10 | 30.100 ± 0.100 |" in text and "+0.400 / +0.400" in text
+
+
+def test_data_scale_benchmark_runs_at_toy_size(tmp_path):
+    from bench import data_scale
+
+    doc = data_scale.run(quick=True)
+    assert doc["pack_images"] == 6 and doc["train_steps"] == 3 and doc["build_peak_rss_gb"] > 0

@@ -30,9 +30,9 @@ def hr():
 @pytest.mark.parametrize("name", ["realesrgan", "light"])
 def test_same_seed_same_image_other_seed_other_image(hr, name):
     deg = D.load_degradation(name)
-    a = deg.degrade(hr, 4, D.variant_rng(0, 3, 1))
-    b = deg.degrade(hr, 4, D.variant_rng(0, 3, 1))
-    c = deg.degrade(hr, 4, D.variant_rng(1, 3, 1))
+    a = deg.degrade(hr, 4, D.variant_rng(0, 3, 1), training=False)
+    b = deg.degrade(hr, 4, D.variant_rng(0, 3, 1), training=False)
+    c = deg.degrade(hr, 4, D.variant_rng(1, 3, 1), training=False)
     assert a.dtype == torch.uint8 and a.shape == (3, 24, 32)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
@@ -103,8 +103,25 @@ def test_the_jpeg_stage_is_a_real_jpeg_encode():
     assert _blockiness((D.jpeg(x, 98)[0].permute(1, 2, 0).numpy() * 255).round()) < _blockiness(out)
 
 
+def test_a_share_of_training_inputs_stays_clean(hr):
+    deg = D.load_degradation("realesrgan")
+    clean = [torch.equal(deg.degrade(hr, 4, D.variant_rng(0, i, 0)), D.degrade_clean(hr, 4)) for i in range(200)]
+    assert 0.6 < np.mean(clean) < 0.9  # clean_prob 0.75
+    assert not any(torch.equal(deg.degrade(hr, 4, D.variant_rng(0, i, 0), training=False), D.degrade_clean(hr, 4))
+                   for i in range(20))
+
+
+def test_variants_sample_the_clean_input_at_its_share(teacher_path, data_dir, tmp_path):  # noqa: F811
+    from srdistill.data.datasets import load_train_images
+
+    images, _ = load_train_images([str(data_dir)], 2, 16)
+    out, w = D.make_variants(images, D.load_degradation("realesrgan"), 4, 2, 0)
+    assert len(out) == 5 * len(images) and abs(sum(w[::5]) / sum(w) - 0.75) < 1e-9
+    assert out[0] is images[0] and out[1].hr is images[0].hr and not torch.equal(out[1].lr, images[0].lr)
+
+
 def test_lr_only_images_are_degraded_at_their_own_size(hr):
-    out = D.load_degradation("light").degrade(hr, 1, D.variant_rng(0, 0, 0))
+    out = D.load_degradation("light").degrade(hr, 1, D.variant_rng(0, 0, 0), training=False)
     assert out.shape == hr.shape and not torch.equal(out, hr)
 
 
@@ -149,7 +166,7 @@ def test_variant_counts_below_one_are_usage_errors(tmp_path, teacher_path, k):  
 def test_cached_variants_replace_the_clean_inputs(teacher_path, data_dir, tmp_path):  # noqa: F811
     res = distill(_cfg(teacher_path, data_dir, tmp_path, steps=4, degradation="light", degradation_variants=3))
     d = res.teacher_cache["degradation"]
-    assert d["variants"] == 3 and d["inputs"] == 3 * res.data["used"]
+    assert d["variants"] == 3 and d["inputs"] == 4 * res.data["used"]  # 3 degraded + the clean one
     meta = load_model(res.out).metadata
     cfg = json.loads(meta["srdistill.config"])
     assert cfg["degradation"] == "light" and cfg["degradation_params"]["jpeg_range"] == [70.0, 95.0]

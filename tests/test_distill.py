@@ -251,21 +251,20 @@ def test_div2k_paired_layout_is_used_as_given(data_dir, tmp_path):
     assert np.array_equal(images[0].lr.permute(1, 2, 0).numpy(), given)
 
 
-def test_teacher_cache_dir_is_reused_across_runs(teacher_path, data_dir, tmp_path):
+def test_teacher_cache_dir_is_the_training_pack(teacher_path, data_dir, tmp_path):
     cache = tmp_path / "tcache"
     a = distill(_cfg(teacher_path, data_dir, tmp_path / "a", steps=3, teacher_cache_dir=str(cache)))
-    b = distill(_cfg(teacher_path, data_dir, tmp_path / "b", steps=3, teacher_cache_dir=str(cache)))
-    assert a.teacher_cache["computed"] == 6 and a.teacher_cache["reused"] == 0
-    assert b.teacher_cache["computed"] == 0 and b.teacher_cache["reused"] == 6
-    assert len(list(cache.glob("*.npy"))) == 6 and not list(cache.glob("*.partial"))
+    b = distill(_cfg(teacher_path, data_dir, tmp_path / "b", steps=3, pack=str(cache)))
+    assert a.pack["reused"] is False and a.pack["built_here"] == 6
+    assert b.pack["reused"] is True and b.pack["path"] == a.pack["path"]
+    assert not list(cache.rglob("*.partial"))
     # the reused targets train exactly like freshly computed ones
     wa, wb = load_model(a.out).module.state_dict(), load_model(b.out).module.state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    # a corrupt entry is recomputed, not trusted
-    victim = sorted(cache.glob("*.npy"))[0]
-    victim.write_bytes(b"garbage")
-    c = distill(_cfg(teacher_path, data_dir, tmp_path / "c", steps=1, teacher_cache_dir=str(cache)))
-    assert c.teacher_cache["computed"] == 1 and c.teacher_cache["reused"] == 5
+    # and like the in-memory path
+    c = distill(_cfg(teacher_path, data_dir, tmp_path / "c", steps=3))
+    wc = load_model(c.out).module.state_dict()
+    assert all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
 def test_training_checkpoint_loads_as_its_ema_model_and_bad_paths_fail_early(teacher_path, data_dir, tmp_path):
@@ -303,11 +302,11 @@ def test_gt_size_sets_the_hr_patch_like_basicsr(teacher_path, data_dir, tmp_path
         distill(_cfg(teacher_path, data_dir, tmp_path, steps=1, gt_size=25, out=str(tmp_path / "b.safetensors")))
 
 
-def test_teacher_cache_dir_that_is_a_file_is_a_clear_error(teacher_path, data_dir, tmp_path):
+def test_a_pack_folder_that_is_a_file_is_a_clear_error(teacher_path, data_dir, tmp_path):
     f = tmp_path / "not-a-folder"
     f.write_text("x")
     r = CliRunner().invoke(app, ["distill", str(teacher_path), "-w", "8", "-d", "2", "--data", str(data_dir),
                                  "--no-val", "--steps", "1", "-p", "16", "--teacher-cache-dir", str(f),
                                  "-o", str(tmp_path / "s.safetensors")])
-    assert r.exit_code == 2 and r.stderr.strip().startswith("error:") and "teacher cache folder" in r.stderr
+    assert r.exit_code == 2 and r.stderr.strip().startswith("error:") and "--pack folder" in r.stderr and "it is a file" in r.stderr
     assert "Traceback" not in r.output and not (tmp_path / "s.safetensors").exists()

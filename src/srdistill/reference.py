@@ -19,44 +19,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.datasets import EvalPair, _list, to_uint8_chw
+from .data.datasets import EvalPair, load_eval_pairs
 from .data.degrade import Degradation, variant_rng
-from .errors import SrDistillError, UsageError
 from .progress import NULL, Reporter, Task
 
 #: variant index of evaluation degradations: training variants use 0 .. K-1 of the training seed
 EVAL_VARIANT = 0
 
 
-def degrade_pairs(pairs: list[EvalPair], deg: Degradation, scale: int, seed: int) -> list[EvalPair]:
-    """The same pairs with LR inputs degraded from the HR (seeded per image: repeatable)."""
+def degrade_pairs(pairs: list[EvalPair], deg: Degradation, scale: int, seed: int, draws: int = 1) -> list[EvalPair]:
+    """The same pairs with LR inputs degraded from the HR (seeded per image: repeatable); with
+    ``draws`` > 1, that many independently degraded inputs per image (``name#k``)."""
     out = []
     for i, p in enumerate(pairs):
         hr = torch.from_numpy(np.ascontiguousarray(p.hr.transpose(2, 0, 1)))
-        out.append(EvalPair(p.name, deg.degrade(hr, scale, variant_rng(seed, i, EVAL_VARIANT), training=False), p.hr))
+        for k in range(draws):
+            lr = deg.degrade(hr, scale, variant_rng(seed, i, EVAL_VARIANT + k), training=False)
+            out.append(EvalPair(p.name if draws == 1 else f"{p.name}#{k}", lr, p.hr))
     return out
 
 
 def lr_only_pairs(folder: str | os.PathLike, *, reporter: Reporter = NULL,
                   skipped: list[str] | None = None) -> list[EvalPair]:
     """Every image of ``folder`` as an input; references are filled by :func:`teacher_reference`."""
-    from .data.images import read_image
-
-    files = _list(Path(folder))
-    if not files:
-        raise UsageError(f"no images found in {str(folder)!r}")
-    pairs = []
-    for p in files:
-        try:
-            img = read_image(p)
-        except SrDistillError as e:
-            if skipped is None:
-                raise
-            reporter.warn(f"skipping {p.name}: {e}")
-            skipped.append(f"{p.name}: {e}")
-            continue
-        pairs.append(EvalPair(p.name, to_uint8_chw(img.rgb, 3), None))  # type: ignore[arg-type]
-    return pairs
+    return load_eval_pairs(folder, 1, reporter=reporter, skipped=skipped, inputs_only=True)
 
 
 def teacher_reference(pairs: list[EvalPair], teacher, scale: int, *, device: torch.device | str = "cpu",

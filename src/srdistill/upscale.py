@@ -107,6 +107,9 @@ class UpscaleOptions:
                 raise UsageError(f"--outscale must be a number, got {self.outscale!r}") from None
             if not math.isfinite(f) or f <= 0:
                 raise UsageError(f"--outscale must be a positive number, got {self.outscale!r}")
+            if f > MAX_OUTSCALE:  # 10**6 would ask for terabytes before any check on the output
+                raise UsageError(f"--outscale must be at most {MAX_OUTSCALE}, got {self.outscale!r}",
+                                 hint="run upscale again on its output for larger factors")
             self.outscale = f
         if self.suffix is not None and ("/" in self.suffix or os.sep in self.suffix or "\0" in self.suffix):
             raise UsageError(f"--suffix {self.suffix!r} must not contain a path separator", hint="use -o for folders")
@@ -442,6 +445,9 @@ def _pad_to(x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
     if ph < 0 or pw < 0:
         raise SrDistillError(f"internal error: a {w}x{h} tile does not fit the model's fixed {tw}x{th} input")
     return pad_bottom_right(x, th, tw)
+
+
+MAX_OUTSCALE = 16
 
 
 def output_size(h: int, w: int, outscale: float) -> tuple[int, int]:

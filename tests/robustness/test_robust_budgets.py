@@ -191,6 +191,15 @@ def test_absurd_sizes_are_refused_before_anything_is_built(student_file, tmp_pat
         assert flag in e and time.monotonic() - t0 < 30
 
 
+def test_upscale_outscale_is_bounded(student_file, tmp_path, tally):
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(img)
+    with tally.case(MALFORMED, "upscale --outscale 1000000"):
+        e = _one_error_line(_run(["upscale", str(img), "-m", str(student_file), "--outscale", "1000000",
+                                  "-o", str(tmp_path / "o.png")], timeout=30), 2)
+        assert "--outscale" in e
+
+
 def test_eval_bench_size_is_bounded(student_file, tmp_path, tally):
     d = tmp_path / "hr"
     d.mkdir()

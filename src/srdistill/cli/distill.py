@@ -100,10 +100,14 @@ def distill_cmd(
     teacher_cache: bool = typer.Option(True, "--teacher-cache/--no-teacher-cache",
                                        help="Run the teacher once per image and reuse its output (default) or "
                                             "recompute it for every patch."),
-    teacher_cache_dir: Optional[Path] = typer.Option(None, "--teacher-cache-dir",
-                                                     help="Also keep the teacher's outputs in this folder (uint8 "
-                                                          ".npy, keyed by teacher and image) and reuse them in "
-                                                          "later runs."),
+    pack: Optional[Path] = typer.Option(None, "--pack", "--teacher-cache-dir",
+                                        help="Training pack folder: inputs, HR and teacher outputs on disk, built "
+                                             "once (resumable) and reused by every run with the same inputs; "
+                                             "data larger than memory. --teacher-cache-dir is the same."),
+    build_only: bool = typer.Option(False, "--build-only", help="With --pack: build the pack and stop (a job "
+                                                                "that prepares data once)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader workers assembling patches "
+                                                                  "(default: 0 on CPU, up to 4 with CUDA)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Use at most N training images."),
     json_out: bool = typer.Option(False, "--json", help="Print the final summary as one JSON document."),
@@ -131,7 +135,8 @@ def distill_cmd(
             adversarial_weight=adversarial_weight, ema_decay=ema_decay, val_every=val_every,
             checkpoint_every=checkpoint_every, out=str(out), resume=resume, overwrite=overwrite, device=device,
             precision=precision, seed=seed, teacher_cache=teacher_cache,
-            teacher_cache_dir=str(teacher_cache_dir) if teacher_cache_dir else None, threads=threads, max_images=max_images,
+            pack=str(pack) if pack else None, build_only=build_only, workers=workers, threads=threads,
+            max_images=max_images,
             explicit=explicit,
         )
         from ..distill import distributed
@@ -144,6 +149,12 @@ def distill_cmd(
             return
         if json_out:
             print_json(res)
+            return
+        if build_only:
+            p = res.pack
+            stdout_console().print(f"pack {p['path']}: {p['images']:,} images, {p['inputs']:,} inputs, "
+                                   f"{p['bytes'] / 1e9:.2f} GB ({'reused' if p['reused'] else 'built'})",
+                                   markup=False, soft_wrap=True)
             return
         if res.nothing_to_do:  # the reporter said so; stdout keeps the facts
             stdout_console().print(f"student {res.out}: unchanged, the run is at step {res.steps}", markup=False,

@@ -111,71 +111,106 @@ class DataStats:
         return dict(self.__dict__)
 
 
-def load_train_images(folders: list[str | Path] | None, scale: int, patch_size: int, *, channels: int = 3,
-                      lr_only: bool = False, reporter: Reporter = NULL,
-                      max_images: int | None = None) -> tuple[list[TrainImage], DataStats]:
-    """Read every usable image; unreadable or too-small ones are skipped with a warning and counted."""
-    from .images import read_image
-
-    stats = DataStats(lr_only=lr_only)
-    if not folders:
-        folders = [builtin_train_dir()]
+def list_train_entries(folders: list[str | Path] | None, scale: int, *, lr_only: bool = False,
+                       max_images: int | None = None, stats: DataStats | None = None) -> list[tuple[Path, Path | None]]:
+    """(image, paired LR or None) for every training file, in the order training uses them."""
+    folders = folders or [builtin_train_dir()]
     entries: list[tuple[Path, Path | None]] = []
     for f in folders:
         folder = Path(f)
         files = _list(folder)
         lr_dir = None if lr_only or folder.is_file() else find_lr_dir(folder, scale)
-        stats.sources.append(str(folder) + (f" (paired with {lr_dir})" if lr_dir else ""))
+        if stats is not None:
+            stats.sources.append(str(folder) + (f" (paired with {lr_dir})" if lr_dir else ""))
         for p in files:
             entries.append((p, lr_partner(lr_dir, p, scale) if lr_dir else None))
     if max_images:
         entries = entries[:max_images]
-    stats.found = len(entries)
     if not entries:
         raise UsageError(f"no images found in {', '.join(str(f) for f in folders)}",
                          hint="expected png/jpg/webp/bmp/tiff files")
+    return entries
+
+
+def load_train_image(path: Path, lr_path: Path | None, scale: int, patch_size: int, *, channels: int = 3,
+                     lr_only: bool = False, stats: DataStats | None = None) -> TrainImage | None:
+    """One training image (LR made with the MATLAB downscale unless paired); None if smaller than a
+    patch. An unreadable file raises SrDistillError."""
+    from .images import read_image
+
+    img = read_image(path)
+    if stats is not None and (img.grayscale or img.bit_depth != 8 or img.alpha is not None):
+        stats.converted += 1
+    t = to_uint8_chw(img.rgb, channels)
+    if lr_only:
+        lr, hr = t, None
+    elif lr_path is not None:
+        lr = to_uint8_chw(read_image(lr_path).rgb, channels)
+        hr = t[:, : lr.shape[1] * scale, : lr.shape[2] * scale]
+        if hr.shape[1] != lr.shape[1] * scale or hr.shape[2] != lr.shape[2] * scale:
+            raise ImageError(f"{lr_path.name} is not 1/{scale} the size of {path.name}")
+        if stats is not None:
+            stats.paired += 1
+    else:
+        hr = mod_crop(t, scale)
+        if hr.shape[1] < scale * patch_size or hr.shape[2] < scale * patch_size:
+            return None
+        lr = make_lr(hr, scale)
+    if lr.shape[1] < patch_size or lr.shape[2] < patch_size:
+        return None
+    return TrainImage(path.name, lr.contiguous(), None if hr is None else hr.contiguous())
+
+
+def warn_small(reporter: Reporter, small: list[str], patch_size: int, scale: int, lr_only: bool) -> None:
+    if small:
+        reporter.warn(f"skipped {len(small)} image(s) smaller than one patch "
+                      f"({patch_size * (1 if lr_only else scale)} px): {', '.join(small[:5])}"
+                      + (" ..." if len(small) > 5 else ""))
+
+
+def load_train_images(folders: list[str | Path] | None, scale: int, patch_size: int, *, channels: int = 3,
+                      lr_only: bool = False, reporter: Reporter = NULL,
+                      max_images: int | None = None) -> tuple[list[TrainImage], DataStats]:
+    """Read every usable image; unreadable or too-small ones are skipped with a warning and counted."""
+    stats = DataStats(lr_only=lr_only)
+    entries = list_train_entries(folders, scale, lr_only=lr_only, max_images=max_images, stats=stats)
+    stats.found = len(entries)
     images: list[TrainImage] = []
     small: list[str] = []
     with reporter.task("reading images", total=len(entries)) as task:
         for path, lr_path in entries:
             task.advance(1)
             try:
-                img = read_image(path)
-                if img.grayscale or img.bit_depth != 8 or img.alpha is not None:
-                    stats.converted += 1
-                t = to_uint8_chw(img.rgb, channels)
-                if lr_only:
-                    lr, hr = t, None
-                elif lr_path is not None:
-                    lr = to_uint8_chw(read_image(lr_path).rgb, channels)
-                    hr = t[:, : lr.shape[1] * scale, : lr.shape[2] * scale]
-                    if hr.shape[1] != lr.shape[1] * scale or hr.shape[2] != lr.shape[2] * scale:
-                        raise ImageError(f"{lr_path.name} is not 1/{scale} the size of {path.name}")
-                    stats.paired += 1
-                else:
-                    hr = mod_crop(t, scale)
-                    if hr.shape[1] < scale * patch_size or hr.shape[2] < scale * patch_size:
-                        small.append(path.name)
-                        continue
-                    lr = make_lr(hr, scale)
+                im = load_train_image(path, lr_path, scale, patch_size, channels=channels, lr_only=lr_only,
+                                      stats=stats)
             except SrDistillError as e:
                 reporter.warn(f"skipping {path.name}: {e}")
                 stats.skipped_unreadable += 1
                 continue
-            if lr.shape[1] < patch_size or lr.shape[2] < patch_size:
+            if im is None:
                 small.append(path.name)
                 continue
-            images.append(TrainImage(path.name, lr.contiguous(), None if hr is None else hr.contiguous()))
+            images.append(im)
     stats.skipped_small = len(small)
-    if small:
-        reporter.warn(f"skipped {len(small)} image(s) smaller than one patch "
-                      f"({patch_size * (1 if lr_only else scale)} px): {', '.join(small[:5])}"
-                      + (" ..." if len(small) > 5 else ""))
+    warn_small(reporter, small, patch_size, scale, lr_only)
     stats.used = len(images)
     if not images:
         raise UsageError("no usable training images: all were unreadable or smaller than one patch",
                          hint="lower --patch-size or add larger images")
     return images, stats
+
+
+def teacher_output(teacher_fn: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor, scale: int, *,
+                   device: torch.device, tile: int | None = 256, overlap: int = 16, min_size: int = 0,
+                   multiple_of: int = 1) -> torch.Tensor:
+    """The teacher's output on one whole uint8 LR image (tiled), as uint8 (within 0.5/255)."""
+    from ..tiling import upscale_tensor
+
+    x = lr.to(device=device, dtype=torch.float32).unsqueeze(0) / 255.0
+    with torch.no_grad():
+        y = upscale_tensor(teacher_fn, x, scale, tile=tile, overlap=overlap, min_size=min_size,
+                           multiple_of=multiple_of)
+    return torch.round(y[0].clamp(0, 1) * 255).to(torch.uint8).cpu().contiguous()
 
 
 def fill_teacher_cache(images: list[TrainImage], teacher_fn: Callable[[torch.Tensor], torch.Tensor], scale: int,
@@ -191,7 +226,6 @@ def fill_teacher_cache(images: list[TrainImage], teacher_fn: Callable[[torch.Ten
     import hashlib
 
     from ..fileio import atomic_path
-    from ..tiling import upscale_tensor
 
     folder = Path(cache_dir) if cache_dir else None
     if folder is not None:
@@ -218,11 +252,8 @@ def fill_teacher_cache(images: list[TrainImage], teacher_fn: Callable[[torch.Ten
                             continue
                     except (OSError, ValueError):
                         pass  # unreadable entry: recompute and replace it
-            x = img.lr.to(device=device, dtype=torch.float32).unsqueeze(0) / 255.0
-            with torch.no_grad():
-                y = upscale_tensor(teacher_fn, x, scale, tile=tile, overlap=overlap, min_size=min_size,
-                                   multiple_of=multiple_of)
-            img.target = torch.round(y[0].clamp(0, 1) * 255).to(torch.uint8).cpu().contiguous()
+            img.target = teacher_output(teacher_fn, img.lr, scale, device=device, tile=tile, overlap=overlap,
+                                        min_size=min_size, multiple_of=multiple_of)
             if path is not None:
                 with atomic_path(path, overwrite=True) as tmp:
                     with open(tmp, "wb") as f:
@@ -267,15 +298,20 @@ class PatchSampler:
     run draws the same plan) and each rank materialises only its slice.
     """
 
-    def __init__(self, images: list[TrainImage], scale: int, patch_size: int, *, augment: bool = True):
+    def __init__(self, images: list[TrainImage], scale: int, patch_size: int, *, augment: bool = True,
+                 weights: list[float] | None = None):
         self.images = images
         self.scale = scale
         self.p = patch_size
         self.augment = augment
+        self.weights = None if weights is None else torch.tensor(weights, dtype=torch.float64)
 
     def plan(self, batch_size: int, gen: torch.Generator) -> list[tuple[int, int, int, int]]:
         n = len(self.images)
-        idx = torch.randint(n, (batch_size,), generator=gen).tolist()
+        if self.weights is None:  # every image alike
+            idx = torch.randint(n, (batch_size,), generator=gen).tolist()
+        else:
+            idx = torch.multinomial(self.weights, batch_size, replacement=True, generator=gen).tolist()
         u = torch.rand(batch_size, 2, generator=gen, dtype=torch.float64).tolist()
         aug = torch.randint(8, (batch_size,), generator=gen).tolist()
         out = []
@@ -324,7 +360,7 @@ class EvalPair:
 
 
 def load_eval_pairs(folder: str | Path, scale: int, *, reporter: Reporter = NULL,
-                    skipped: list[str] | None = None) -> list[EvalPair]:
+                    skipped: list[str] | None = None, inputs_only: bool = False) -> list[EvalPair]:
     """An HR folder (LR made with the MATLAB downscale, HR cropped to a multiple of the scale),
     or a paired layout (``LR_bicubic/X4/*x4.png`` + ``HR/*.png``, or ``X4/`` inside the HR folder).
 
@@ -338,7 +374,7 @@ def load_eval_pairs(folder: str | Path, scale: int, *, reporter: Reporter = NULL
     files = _list(folder)
     if not files:
         raise UsageError(f"no images found in {str(folder)!r}")
-    lr_dir = find_lr_dir(folder, scale) if folder.is_dir() else None
+    lr_dir = find_lr_dir(folder, scale) if folder.is_dir() and not inputs_only else None
     pairs = []
     for p in files:
         lr_path = lr_partner(lr_dir, p, scale) if lr_dir else None
@@ -350,6 +386,9 @@ def load_eval_pairs(folder: str | Path, scale: int, *, reporter: Reporter = NULL
                 raise
             reporter.warn(f"skipping {p.name}: {e}")
             skipped.append(f"{p.name}: {e}")
+            continue
+        if inputs_only:  # the image is the input; there is no HR (scored against a reference model)
+            pairs.append(EvalPair(p.name, to_uint8_chw(img.rgb, 3), None))  # type: ignore[arg-type]
             continue
         hr = to_uint8_chw(img.rgb, 3)
         if lr_img is not None:

@@ -55,8 +55,9 @@ REALESRGAN: dict[str, Any] = {
     "gray_noise_prob2": 0.4, "jpeg_range2": [30.0, 95.0],
     "final_sinc_prob": 0.8,
     # srdistill's addition, not Real-ESRGAN's: this share of training inputs stays clean (MATLAB bicubic
-    # LR), so a student also follows the teacher on clean pictures (evaluation degrades every image)
-    "clean_prob": 0.0,
+    # LR), so a student also follows the teacher on clean pictures; chosen by bench/realworld.py (0 gives
+    # Real-ESRGAN's own stream). Evaluation degrades every image.
+    "clean_prob": 0.75,
 }
 
 # blur + mild noise + JPEG, one stage: photos from a decent camera, shared once
@@ -99,12 +100,17 @@ class Degradation:
         In training, a ``clean_prob`` share of inputs is the clean bicubic LR instead."""
         clean = rng.uniform() < self.params["clean_prob"]  # always drawn: the rest of the stream stays put
         if clean and training:
-            if scale == 1:
-                return img.clone()
-            from .datasets import make_lr
-
-            return make_lr(img, scale)
+            return degrade_clean(img, scale)
         return render(img, scale, draw(self.params, rng), rng)
+
+
+def degrade_clean(img: torch.Tensor, scale: int) -> torch.Tensor:
+    """The clean input: MATLAB bicubic LR (the image itself at scale 1)."""
+    if scale == 1:
+        return img.clone()
+    from .datasets import make_lr
+
+    return make_lr(img, scale)
 
 
 # --------------------------------------------------------------------------- loading
@@ -402,19 +408,26 @@ def variant_rng(seed: int, index: int, variant: int) -> np.random.Generator:
 
 
 def make_variants(images: list, deg: Degradation, variants: int, scale: int, seed: int, *,
-                  reporter=None) -> list:
-    """``variants`` degraded LR versions of every training image (its HR, or with ``--lr-only``
-    the image itself at scale 1), made once; seeded per (seed, image, variant)."""
+                  reporter=None) -> tuple[list, list[float]]:
+    """``variants`` degraded LR versions of every training image (of its HR, or with ``--lr-only``
+    of the image itself at scale 1), made once and seeded per (seed, image, variant); with
+    ``clean_prob`` > 0 the clean input stays too. Returns the inputs and their sampling weights:
+    the clean inputs together get ``clean_prob`` of the patches, the degraded ones the rest."""
     from ..progress import NULL
     from .datasets import TrainImage
 
     rep = reporter or NULL
-    out = []
+    clean = deg.params["clean_prob"]
+    out, weights = [], []
     with rep.task("degrading", total=len(images) * variants) as task:
         for i, img in enumerate(images):
             src, s = (img.hr, scale) if img.hr is not None else (img.lr, 1)
+            if clean > 0:
+                out.append(img)
+                weights.append(clean)
             for k in range(variants):
-                lr = deg.degrade(src, s, variant_rng(seed, i, k))
+                lr = deg.degrade(src, s, variant_rng(seed, i, k), training=False)
                 out.append(TrainImage(f"{img.name}#{deg.name}{k}", lr, img.hr))
+                weights.append((1.0 - clean) / variants)
                 task.advance(1)
-    return out
+    return out, weights

@@ -30,6 +30,8 @@ from ..errors import Interrupted, OutputExistsError, SrDistillError, TrainingErr
 from ..fileio import atomic_path, check_writable
 from ..progress import NULL, Reporter
 from . import distributed as dist_util
+from .data_stage import DEFAULT_VARIANTS, UPCYCLE_RATIO  # noqa: F401  (the defaults, re-exported)
+from .loader import PlanStream, batches, default_workers
 from .schedule import make_schedule
 from .losses import (Adapters, FeatureTaps, LossWeights, PatchDiscriminator, feature_loss, gan_loss, pair_taps,
                      pixel_loss)
@@ -38,9 +40,7 @@ NAN_HOOK_ENV = "SRDISTILL_TEST_NAN_AT_STEP"  # test hook: inject a NaN loss at t
 SIGNAL_HOOK_ENV = "SRDISTILL_TEST_SIGTERM_AT_STEP"
 RANK_DUMP_ENV = "SRDISTILL_TEST_DUMP_RANK_WEIGHTS"  # test hook: each rank saves its final weights here  # test hook: behave as if SIGTERM arrived after this step
 CKPT_FORMAT = 1
-UPCYCLE_RATIO = 0.25  # default share of upcycled patches per batch with --upcycle
 INITS = ("auto", "random", "teacher")
-DEFAULT_VARIANTS = 4  # degraded LR variants per training image with --degradation
 
 
 @dataclass
@@ -85,6 +85,9 @@ class DistillConfig:
     teacher_cache: bool = True
     teacher_cache_dir: str | None = None
     cache_tile: int = 256
+    pack: str | None = None  # a training pack folder (data.pack): inputs, HR and targets on disk
+    build_only: bool = False  # with pack: build it and stop
+    workers: int | None = None  # DataLoader workers for patch assembly; None: loader.default_workers
     threads: int | None = None
     max_images: int | None = None
     explicit: list[str] | None = None  # options the user gave (the CLI fills it in); see distill.resume
@@ -117,6 +120,7 @@ class DistillResult:
     best: dict | None = None
     bicubic: dict | None = None  # bicubic's mean Y-PSNR/SSIM on the validation images
     nothing_to_do: bool = False  # a resumed run that was already finished: no file changed
+    pack: dict | None = None  # the training pack used (or built, with build_only)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -354,8 +358,8 @@ class _Signals:
         return False
 
 
-def _rng_state(gen: torch.Generator) -> dict:
-    return {"gen": gen.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
+def _rng_state(gen: torch.Generator, gen_state: torch.Tensor | None = None) -> dict:
+    return {"gen": gen.get_state() if gen_state is None else gen_state, "torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
             "python": list(random.getstate()[1]),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
@@ -385,6 +389,16 @@ def distill(cfg: DistillConfig, reporter: Reporter = NULL) -> DistillResult:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     rep = reporter if ctx.is_main else NULL
+    if cfg.teacher_cache_dir:  # one mechanism: the folder is a training pack now
+        if cfg.pack and os.path.realpath(cfg.pack) != os.path.realpath(cfg.teacher_cache_dir):
+            raise UsageError("--teacher-cache-dir is another name for --pack; give one of them")
+        rep.info("--teacher-cache-dir is now --pack: the folder holds a training pack (inputs, ground truth and "
+                 "teacher outputs, reused by later runs)")
+        cfg.pack, cfg.teacher_cache_dir = cfg.teacher_cache_dir, None
+    if cfg.build_only:
+        if not cfg.pack:
+            raise UsageError("--build-only builds a training pack", hint="add --pack DIR")
+        return _build_pack_only(cfg, rep, ctx, device)
     paths = paths_for(cfg.out)
     if paths["out"].suffix.lower() != ".safetensors":
         raise UsageError(f"--out must end in .safetensors, not {paths['out'].name!r}")
@@ -432,6 +446,32 @@ def distill(cfg: DistillConfig, reporter: Reporter = NULL) -> DistillResult:
         lock.release()
 
 
+def _build_pack_only(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device) -> DistillResult:
+    """``--pack DIR --build-only``: the data stage alone (a cluster job that prepares data once)."""
+    from ..models.loading import load_model
+    from .data_stage import pack_request
+    from ..data.degrade import load_degradation
+    from ..data.pack import open_pack
+
+    t0 = time.monotonic()
+    teacher = load_model(cfg.teacher, device=device)
+    teacher.module.eval()
+    needs_teacher = not (cfg.alpha == 0 and cfg.feature_weight == 0 and cfg.adversarial_weight == 0
+                         and not cfg.upcycle)
+    use_cache = cfg.teacher_cache and needs_teacher
+    req = pack_request(cfg, teacher, load_degradation(cfg.degradation), use_cache)
+    _, _, stats, info = open_pack(req, teacher if use_cache else None, device=device, reporter=rep, rank=ctx.rank,
+                                  world=ctx.world_size, barrier=ctx.barrier if ctx.enabled else None)
+    rep.info(info.describe())
+    return DistillResult(
+        out="", checkpoint="", log="", steps=0, resumed_from=0, seconds=round(time.monotonic() - t0, 3),
+        steps_per_second=0.0, device=str(device), precision="none", world_size=ctx.world_size,
+        global_batch=cfg.batch_size * ctx.world_size, loss_formula="", final_losses={},
+        teacher={"architecture": teacher.architecture, "params": teacher.params, "file": str(cfg.teacher)},
+        student={}, compression_ratio=0.0, data=stats.to_dict(), teacher_cache={"enabled": use_cache},
+        pack=info.to_dict())
+
+
 def _nothing_to_do(cfg: DistillConfig, ck: dict, paths: dict[str, Path], rep: Reporter) -> DistillResult:
     """A resumed run that is already finished: say so, change no file."""
     step = int(ck["step"])
@@ -452,7 +492,7 @@ _RANGES = (("seed", 0, 2**63 - 1), ("threads", 1, 4096), ("batch_size", 1, 65536
            ("student_width", 1, 4096), ("student_depth", 1, 1024), ("steps", 1, 10**9),
            ("warmup_steps", 0, 10**9), ("weight_decay", 0.0, None), ("grad_clip", 0.0, None),
            ("feature_weight", 0.0, None), ("adversarial_weight", 0.0, None), ("max_images", 1, None),
-           ("log_every", 1, None), ("degradation_variants", 1, 256))
+           ("log_every", 1, None), ("degradation_variants", 1, 256), ("workers", 0, 64))
 
 
 def _check_ranges(cfg: DistillConfig) -> None:
@@ -486,9 +526,10 @@ def _validate(cfg: DistillConfig) -> None:
         for f in folders:
             if not Path(f).exists():
                 raise UsageError(f"{flag} {str(f)!r} does not exist")
-    if cfg.teacher_cache_dir and Path(cfg.teacher_cache_dir).exists() and not Path(cfg.teacher_cache_dir).is_dir():
-        raise UsageError(f"cannot use teacher cache folder {cfg.teacher_cache_dir!r}: it is a file",
-                         hint="give a folder (it is created if missing)")
+    for flag, folder in (("--teacher-cache-dir", cfg.teacher_cache_dir), ("--pack", cfg.pack)):
+        if folder and Path(folder).exists() and not Path(folder).is_dir():
+            raise UsageError(f"cannot use {flag} folder {folder!r}: it is a file",
+                             hint="give a folder (it is created if missing)")
     sched = make_schedule(cfg.alpha_schedule, cfg.alpha, cfg.alpha_end, cfg.steps)
     cfg.alpha, cfg.alpha_end, cfg.alpha_schedule = sched.start, sched.end, sched.name
     if cfg.upcycle_ratio is not None and not 0 < cfg.upcycle_ratio < 1:
@@ -533,8 +574,7 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
     from ..models.families import get_family
     from ..models.loading import load_model
     from ..models.students import build_student, compression
-    from ..data.datasets import (PatchSampler, builtin_train_dir, builtin_val_dir, fill_teacher_cache,
-                                 load_eval_pairs, load_train_images)
+    from ..data.datasets import builtin_val_dir, load_eval_pairs
 
     t_start = time.monotonic()
     teacher = load_model(cfg.teacher, device=device)
@@ -563,26 +603,14 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
     rep.info(f"student: {student.architecture} x{student.scale}, {student.params:,} params "
              f"({comp['ratio']:.1f}x smaller)")
 
-    builtin = not cfg.data
-    if builtin:
-        rep.info("data: built-in sample images (for trying the tool; point --data at DIV2K or your own images "
-                 "for a real model)")
-    images, stats = load_train_images(cfg.data or None, teacher.scale, cfg.patch_size,
-                                      channels=teacher.input_channels, lr_only=cfg.lr_only, reporter=rep,
-                                      max_images=cfg.max_images)
-    rep.info(f"data: {stats.used} image(s) used of {stats.found}"
-             + (f", {stats.paired} paired" if stats.paired else "")
-             + (f", {stats.skipped_small} too small" if stats.skipped_small else "")
-             + (f", {stats.skipped_unreadable} unreadable" if stats.skipped_unreadable else "")
-             + (" (LR-only: the teacher is the only target)" if cfg.lr_only else ""))
+    schedule = make_schedule(cfg.alpha_schedule, cfg.alpha, cfg.alpha_end, cfg.steps)
+    weights = LossWeights(schedule.peak(), cfg.feature_weight, cfg.adversarial_weight, cfg.loss,
+                          has_hr=not cfg.lr_only, schedule=schedule.describe() if schedule.varies() else None)
+    needs_teacher = bool({"kd", "feature", "adv"} & set(weights.terms())) or cfg.upcycle
+    from .data_stage import prepare_data
 
-    from ..data.degrade import load_degradation
-
-    deg = load_degradation(cfg.degradation)
-    deg_info = None
-    if deg is not None and cfg.teacher_cache:
-        images, deg_info = _degrade(cfg, deg, images, teacher.scale, rep)
-
+    data = prepare_data(cfg, teacher, device, rep, ctx, needs_teacher, formula=weights.formula())
+    images, stats, cache_info, sampler = data.images, data.stats, data.cache_info, data.sampler
     if init_from and not cfg.resume:  # a resumed run's weights come from its checkpoint
         from ..models.teacher_init import init_from_teacher
 
@@ -591,45 +619,7 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
         init_rep = init_from_teacher(student, teacher, probe)
         rep.info(init_rep.describe() + (" (--init auto: the student is the teacher's family)"
                                          if cfg.init == "auto" else ""))
-
-    schedule = make_schedule(cfg.alpha_schedule, cfg.alpha, cfg.alpha_end, cfg.steps)
-    weights = LossWeights(schedule.peak(), cfg.feature_weight, cfg.adversarial_weight, cfg.loss,
-                          has_hr=not cfg.lr_only, schedule=schedule.describe() if schedule.varies() else None)
-    if cfg.lr_only and cfg.alpha < 1:
-        rep.warn("--lr-only has no ground truth: the teacher term gets all the pixel weight")
     crit = pixel_loss(cfg.loss)
-    rep.info(weights.formula())
-
-    needs_teacher = bool({"kd", "feature", "adv"} & set(weights.terms())) or cfg.upcycle
-    if not needs_teacher:
-        rep.info("alpha 0: ground truth only, the teacher is not used (training from scratch)")
-    use_cache = cfg.teacher_cache and needs_teacher
-    cache_info: dict[str, Any] = {"enabled": use_cache}
-    if use_cache:
-        t0 = time.monotonic()
-        fill = fill_teacher_cache(images, teacher, teacher.scale, device=device, tile=cfg.cache_tile,
-                                  min_size=teacher.min_size, multiple_of=teacher.multiple_of, reporter=rep,
-                                  cache_dir=cfg.teacher_cache_dir, teacher_key=teacher.sha256 or "")
-        qerr = fill["max_quantization_error"]
-        cache_info.update(seconds=round(time.monotonic() - t0, 3),
-                          storage="memory, uint8" + (f" + {cfg.teacher_cache_dir}" if cfg.teacher_cache_dir else ""),
-                          max_quantization_error=qerr, computed=fill["computed"], reused=fill["reused"],
-                          bytes=int(sum(i.target.numel() for i in images)))
-        rep.info(f"teacher cache: {len(images)} image(s) in {cache_info['seconds']:.1f} s"
-                 + (f" ({fill['reused']} reused from {cfg.teacher_cache_dir})" if fill["reused"] else "")
-                 + f", stored as uint8 (targets within {qerr:.5f} = 0.5/255 of the teacher's output)")
-    if deg_info is not None:
-        cache_info["degradation"] = deg_info
-    if deg is not None and not cfg.teacher_cache:
-        from ..data.otf import OnTheFlySampler
-
-        sampler = OnTheFlySampler(images, teacher.scale, cfg.patch_size, deg)
-        rep.info(f"degradation: {deg.describe()}, every patch degraded afresh and labelled by the live teacher "
-                 "(--no-teacher-cache)")
-    else:
-        sampler = PatchSampler(images, teacher.scale, cfg.patch_size)
-    if cfg.upcycle:
-        sampler = _upcycle(cfg, images, teacher, device, rep, cache_info, sampler)
 
     # feature distillation: hooks on corresponding layers, 1x1 adapters where widths differ
     s_taps = t_taps = None
@@ -733,8 +723,10 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
     config_meta["teacher_sha256"] = teacher.sha256
     config_meta["student_width_used"] = student.hyperparameters.get(get_family(student.architecture).width) \
         if get_family(student.architecture) else cfg.student_width
-    if deg is not None:
-        config_meta["degradation_params"] = deg.params
+    if data.degradation is not None:
+        config_meta["degradation_params"] = data.degradation.params
+    for k in ("pack", "workers", "build_only"):  # where the data lives / how it is read: not what the run is
+        config_meta.pop(k, None)
     config_meta["global_batch"] = global_batch
     config_meta["world_size"] = world
     command = "srdistill distill " + " ".join(_argv_repr(cfg))
@@ -746,7 +738,7 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
             "format": CKPT_FORMAT, "version": __version__, "step": step,
             "student_arch": student.architecture, "student_hp": json.loads(json.dumps(student.hyperparameters)),
             "student": student.module.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "rng": _rng_state(gen),
+            "scheduler": sched.state_dict(), "rng": _rng_state(gen, stream.state_before(step)),
             "adapters": adapters.state_dict() if adapters else None,
             "disc": disc.state_dict() if disc else None, "disc_opt": d_opt.state_dict() if d_opt else None,
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
@@ -806,6 +798,8 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
 
     step = start_step
     steps_done = 0
+    workers = cfg.workers if cfg.workers is not None else default_workers(device)
+    stream = PlanStream(sampler, gen, global_batch, cfg.batch_size, ctx.rank, start_step, cfg.steps)
     t_loop = time.monotonic()
     try:
         if ctx.is_main:
@@ -819,10 +813,9 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
                  "formula": weights.formula(), "srdistill": __version__})
         with _Signals() as sig, rep.task("distilling", total=cfg.steps) as task:
             task.advance(step)
+            it = batches(stream, device, workers)
             while step < cfg.steps:
-                plan = sampler.plan(global_batch, gen)
-                mine = plan[ctx.rank * cfg.batch_size:(ctx.rank + 1) * cfg.batch_size]
-                batch = sampler.crop(mine, device)
+                mine, batch = next(it)
                 if device.type == "cuda":
                     batch.lr = batch.lr.contiguous(memory_format=torch.channels_last)
                 terms: dict[str, torch.Tensor] = {}
@@ -945,50 +938,8 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
         student={"architecture": student.architecture, "params": student.params,
                  "hyperparameters": student.hyperparameters},
         compression_ratio=round(comp["ratio"], 3), data=stats.to_dict(), teacher_cache=cache_info,
-        validation=history, best=best, bicubic=bicubic,
+        validation=history, best=best, bicubic=bicubic, pack=data.pack.to_dict() if data.pack else None,
     )
-
-
-def _upcycle(cfg: DistillConfig, images, teacher, device, rep: Reporter, cache_info: dict, sampler):
-    """Zoom-in/zoom-out inputs labelled by the teacher (through the cache), mixed into each batch."""
-    from ..data.datasets import PatchSampler, fill_teacher_cache
-    from ..data.upcycle import MixedSampler, label_with_targets, make_upcycled
-
-    t0 = time.monotonic()
-    up = make_upcycled(images, teacher.scale, cfg.patch_size, cfg.seed)
-    if not up:
-        raise UsageError("--upcycle: no image is large enough for a zoom-in or zoom-out input",
-                         hint="lower --patch-size or drop --upcycle")
-    fill = fill_teacher_cache(up, teacher, teacher.scale, device=device, tile=cfg.cache_tile,
-                              min_size=teacher.min_size, multiple_of=teacher.multiple_of, reporter=rep,
-                              cache_dir=cfg.teacher_cache_dir, teacher_key=teacher.sha256 or "")
-    label_with_targets(up)
-    ratio = UPCYCLE_RATIO if cfg.upcycle_ratio is None else cfg.upcycle_ratio
-    k = min(cfg.batch_size - 1, max(1, round(ratio * cfg.batch_size)))
-    n_in = sum(i.name.endswith("#zoom-in") for i in up)
-    mb = sum(i.lr.numel() + i.target.numel() for i in up) / 1e6
-    secs = time.monotonic() - t0
-    cache_info["upcycle"] = {"zoom_in": n_in, "zoom_out": len(up) - n_in, "bytes": int(mb * 1e6),
-                             "seconds": round(secs, 3), "reused": fill["reused"], "per_batch": k}
-    rep.info(f"upcycle: {n_in} zoom-in + {len(up) - n_in} zoom-out input(s) labelled by the teacher, "
-             f"{mb:.1f} MB extra cache, {secs:.1f} s" + (f" ({fill['reused']} reused)" if fill["reused"] else "")
-             + f"; {k} of {cfg.batch_size} patches per batch")
-    return MixedSampler(sampler, PatchSampler(up, teacher.scale, cfg.patch_size), k, cfg.batch_size)
-
-
-def _degrade(cfg: DistillConfig, deg, images, scale: int, rep: Reporter):
-    """K degraded variants of every image (they replace the clean LR inputs), made once."""
-    from ..data.degrade import make_variants
-
-    k = cfg.degradation_variants or DEFAULT_VARIANTS
-    t0 = time.monotonic()
-    out = make_variants(images, deg, k, scale, cfg.seed, reporter=rep)
-    secs = time.monotonic() - t0
-    mb = sum(i.lr.numel() for i in out) / 1e6
-    rep.info(f"degradation: {deg.describe()}, {k} variant(s) of each of {len(images)} image(s) = {len(out)} "
-             f"inputs, {mb:.1f} MB of LR, made in {secs:.1f} s (the teacher labels each variant once)")
-    return out, {"name": deg.describe(), "variants": k, "inputs": len(out), "lr_bytes": int(mb * 1e6),
-                 "seconds": round(secs, 3)}
 
 
 def _argv_repr(cfg: DistillConfig) -> list[str]:

@@ -160,6 +160,16 @@ def speed(work: Path, threads: int, steps: int) -> dict:
     return out
 
 
+def workers(work: Path, threads: int, steps: int, n: int = 2) -> dict:
+    """steps/s from the T91 pack with ``n`` DataLoader workers (the CPU default is 0: is that right?)."""
+    t91 = common.need_shared("data", "train", "T91")
+    r = run_measured(_sr("distill", str(teacher(work)), *STUDENT, "--data", str(t91), "--steps", str(steps),
+                         "--no-val", "--threads", str(threads), "--overwrite", "--json", "-q", "--init", "random",
+                         "--pack", str(work / "pack_t91"), "--workers", str(n),
+                         "-o", str(work / "t91_workers.safetensors")))
+    return {f"steps_per_s_pack_workers_{n}": json.loads(r["stdout"])["steps_per_second"]}
+
+
 def fill(work: Path, images: int) -> dict:
     tch = str(teacher(work))
     common_args = [*STUDENT, "--data", str(work / "images"), "--max-images", str(images), "--build-only",
@@ -190,6 +200,7 @@ def merge(work: Path) -> dict:
            "build_seconds": ph.get("build_seconds"), "train_steps": ph.get("train_steps"),
            "steps_per_s_big_pack": ph.get("steps_per_s_big_pack"),
            "steps_per_s_pack": ph.get("steps_per_s_pack"), "steps_per_s_memory": ph.get("steps_per_s_memory"),
+           "steps_per_s_pack_workers_2": ph.get("steps_per_s_pack_workers_2"),
            "fill_images": ph.get("fill_images"), "fill_seconds_1_rank": ph.get("fill_seconds_1_rank"),
            "fill_seconds_2_ranks": ph.get("fill_seconds_2_ranks"), "fill_speedup": ph.get("fill_speedup"),
            "teacher": "random Compact 48/4 x4 (cheap)", "student": "Compact 32/8", "threads": ph.get("threads"),
@@ -205,7 +216,7 @@ def merge(work: Path) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", default="/tmp/srdistill-data-scale")
-    ap.add_argument("--phase", choices=["gen", "build", "train", "speed", "fill"], action="append")
+    ap.add_argument("--phase", choices=["gen", "build", "train", "speed", "workers", "fill"], action="append")
     ap.add_argument("--images", type=int, default=5000)
     ap.add_argument("--size", type=int, default=640)
     ap.add_argument("--threads", type=int, default=2)
@@ -221,6 +232,7 @@ def main(argv=None) -> int:
         print(f"== {ph}", flush=True)
         res = {"gen": lambda: gen(work, a.images, a.size), "build": lambda: build(work, a.threads),
                "train": lambda: train(work, a.threads, a.steps), "speed": lambda: speed(work, a.threads, a.steps),
+               "workers": lambda: workers(work, a.threads, a.steps),
                "fill": lambda: fill(work, a.fill_images)}[ph]()
         state.update(res, threads=a.threads)
         phases.write_text(json.dumps(state, indent=1))
@@ -241,7 +253,8 @@ def run(quick: bool = False) -> dict:
             return json.loads((work / "phases.json").read_text())
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    main(["--work", str(work), *sum((["--phase", p] for p in ("gen", "build", "train", "speed", "fill")), []),
+    main(["--work", str(work), *sum((["--phase", p] for p in ("gen", "build", "train", "speed", "workers", "fill")),
+                                    []),
           "--merge"])
     return json.loads((common.RESULTS / "data_scale.json").read_text())
 

@@ -195,6 +195,11 @@ def merge(work: Path) -> dict:
         doc["loss_clean_db"] = c["bicubic"] - c["realesrgan"]
     doc["picture"] = _picture(work)
     doc["runs"] = rows
+    threads = {r.get("threads") for r in rows}
+    if len(threads) == 1 and isinstance(next(iter(threads)), int):
+        import torch
+
+        torch.set_num_threads(next(iter(threads)))  # the machine line records the runs' threads
     explore = sorted((work / "explore").glob("*_s*.json")) if (work / "explore").is_dir() else []
     if explore:  # how the clean share was chosen (seed 0, Set14; each variant clean with that probability)
         doc["clean_share_exploration"] = [

@@ -176,11 +176,77 @@ def _inference(doc: dict) -> list[str]:
     return out
 
 
+def _realworld(doc: dict) -> list[str]:
+    """Fidelity to a real-world teacher: bicubic-trained vs degradation-trained students."""
+    conds = list(doc["fidelity_degraded_psnr"])
+    out = ["## Real-world teacher: training on degraded inputs (x4)", "", _machine(doc), "",
+           f"Teacher {doc['teacher']}, student {doc['student']}, alpha {doc['alpha']}, init {doc['init']}, "
+           f"{doc['steps']} steps, seeds {doc['seeds']}, data {doc['data']}. Scored: {doc['scored']}; degraded "
+           f"inputs: {doc['eval_degradation']} (training never used that seed); Set5 is a check set the clean "
+           "share was not chosen on. Mean ± half the range over the seeds.", "",
+           "| training inputs | Set14 degraded | Set14 clean | Set5 degraded | Set5 clean | wall s |",
+           "|---|---|---|---|---|---|"]
+    for c in conds:
+        cells = [f"`{c}`"]
+        for k in ("fidelity_degraded_psnr", "fidelity_clean_psnr", "fidelity_set5_degraded_psnr",
+                  "fidelity_set5_clean_psnr"):
+            v, sp = doc.get(k, {}).get(c), doc.get(k + "_spread", {}).get(c)
+            cells.append("-" if v is None else f"{v:.3f} ± {sp:.3f}")
+        cells.append(f"{doc['seconds'][c]:.0f}")
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    if "gain_degraded_db" in doc:
+        out += [f"Degradation-trained (`realesrgan`) vs bicubic-trained, Set14: {doc['gain_degraded_db']:+.3f} dB "
+                f"on degraded inputs (goal >= +0.5), {-doc['loss_clean_db']:+.3f} dB on clean inputs (goal: no "
+                "more than 0.3 dB lost).", ""]
+    if "step_seconds_cached_variants" in doc:
+        out += [f"Seconds per step ({doc.get('timing_threads')} threads, alone on the machine, 40 images, batch 16, "
+                f"LR patch 32): student only (alpha 0) {doc['step_seconds_student_only']:.4f}, cached variants "
+                f"{doc['step_seconds_cached_variants']:.4f} ({doc['cached_over_student_only']:.2f}x; goal <= 1.25x), "
+                f"live teacher with on-the-fly degradation (`--no-teacher-cache`) "
+                f"{doc['step_seconds_live_teacher']:.4f}.", ""]
+    ex = doc.get("clean_share_exploration")
+    if ex:
+        out += ["How the clean share (`clean_prob`) was chosen: seed 0, Set14, one degraded draw per image, an "
+                "earlier build where each cached variant was clean with that probability: "
+                + "; ".join(f"{r['condition']}: {r['fidelity_degraded_psnr']:.2f} degraded / "
+                            f"{r['fidelity_clean_psnr']:.2f} clean" for r in ex) + ".", ""]
+    if doc.get("picture"):
+        out += [f"![degraded input, teacher, bicubic-trained and degradation-trained students]({doc['picture']})", ""]
+    return out
+
+
+def _data_scale(doc: dict) -> list[str]:
+    out = ["## Data larger than memory: training packs", "", _machine(doc), "",
+           f"{doc['images']:,} generated {doc['image_size']} images; teacher {doc['teacher']}; student "
+           f"{doc['student']}; {doc['threads']} threads, DataLoader workers {doc['workers']}. Peak RSS is the "
+           "whole process tree's, sampled every 50 ms.", "",
+           "| measure | value |", "|---|---|"]
+    rows = [("dataset with teacher outputs (GB)", doc.get("dataset_gb"), 2),
+            ("pack on disk (GB)", doc.get("pack_disk_gb"), 2),
+            ("build: seconds", doc.get("build_seconds"), 1), ("build: peak RSS (GB)", doc.get("build_peak_rss_gb"), 2),
+            (f"train {doc.get('train_steps')} steps from it: peak RSS (GB)", doc.get("train_peak_rss_gb"), 2),
+            ("train from it: steps/s", doc.get("steps_per_s_big_pack"), 2),
+            ("dataset / peak RSS", doc.get("dataset_over_peak_rss"), 1),
+            ("T91: steps/s in memory", doc.get("steps_per_s_memory"), 2),
+            ("T91: steps/s from a pack", doc.get("steps_per_s_pack"), 2),
+            ("T91: pack / memory speed", doc.get("pack_over_memory_speed"), 3),
+            ("T91: steps/s from the pack, 2 DataLoader workers", doc.get("steps_per_s_pack_workers_2"), 2),
+            (f"fill of {doc.get('fill_images')} images, 1 process (s)", doc.get("fill_seconds_1_rank"), 1),
+            (f"fill of {doc.get('fill_images')} images, 2 gloo ranks (s)", doc.get("fill_seconds_2_ranks"), 1),
+            ("fill speed-up", doc.get("fill_speedup"), 2)]
+    for name, v, nd in rows:
+        out.append(f"| {name} | {'-' if v is None else _f(v, nd)} |")
+    out.append("")
+    return out
+
+
 def write_report(path: Path | None = None) -> Path:
     path = path or ROOT / "BENCHMARKS.md"
     lines = [INTRO]
     for name, fn in (("eval_correctness", _eval), ("distill_speed", _distill), ("kd_vs_scratch", _kd),
-                     ("kd_methods", _kd_methods), ("startup", _startup), ("inference", _inference)):
+                     ("kd_methods", _kd_methods), ("realworld", _realworld), ("data_scale", _data_scale),
+                     ("startup", _startup), ("inference", _inference)):
         doc = _load(name)
         if doc:
             lines += fn(doc)

@@ -46,30 +46,78 @@ class PackError(SrDistillError):
 
 
 class PackArray:
-    """A uint8 C x H x W array in a ``.npy`` file, sliced like a tensor; each slice maps the file,
-    copies the slice and unmaps it again, so nothing stays resident in this process."""
+    """A uint8 C x H x W array in a ``.npy`` file, sliced like a tensor without keeping it in memory.
+
+    A patch (``[:, y0:y1, x0:x1]``) is one ``pread`` of its rows per channel (14 us for a 128 x 128
+    patch, against 100 us for ``np.load(mmap_mode="r")``); any other index maps the file, copies
+    and unmaps it again. Nothing stays resident in this process either way."""
 
     def __init__(self, path: Path, shape: tuple[int, ...]):
         self.path = path
         self.shape = torch.Size(shape)
+        self._offset: int | None = None
 
     def numel(self) -> int:
         return int(np.prod(self.shape))
 
-    def _open(self) -> np.ndarray:
+    def _damaged(self, why: str) -> PackError:
+        return PackError(f"pack file {str(self.path)!r} is damaged or missing ({why})",
+                         hint=f"delete {str(self.path.parent.parent)!r} and run again to rebuild the pack")
+
+    def _header(self) -> int:
+        """Where the data starts, after checking the header says uint8 of our shape."""
+        if self._offset is None:
+            import numpy.lib.format as fmt
+
+            try:
+                with open(self.path, "rb") as f:
+                    version = fmt.read_magic(f)
+                    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                    shape, fortran, dtype = read(f)
+                    offset = f.tell()
+            except (OSError, ValueError) as e:
+                raise self._damaged(str(e)) from None
+            if dtype != np.uint8 or fortran or tuple(shape) != tuple(self.shape):
+                raise self._damaged(f"it holds {dtype} {tuple(shape)}, expected uint8 {tuple(self.shape)}")
+            self._offset = offset
+        return self._offset
+
+    def _rows(self, index: Any) -> torch.Tensor | None:
+        if not (hasattr(os, "pread") and isinstance(index, tuple) and len(index) == 3
+                and all(isinstance(i, slice) for i in index) and index[0] == slice(None)
+                and index[1].step in (None, 1) and index[2].step in (None, 1)):
+            return None
+        c, h, w = self.shape
+        y0, y1, _ = index[1].indices(h)
+        x0, x1, _ = index[2].indices(w)
+        if y1 <= y0 or x1 <= x0:
+            return None
+        off = self._header()
+        out = np.empty((c, y1 - y0, x1 - x0), np.uint8)
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as e:
+            raise self._damaged(e.strerror or str(e)) from None
+        try:
+            for ch in range(c):
+                n = (y1 - y0) * w
+                buf = os.pread(fd, n, off + (ch * h + y0) * w)
+                if len(buf) != n:
+                    raise self._damaged("truncated")
+                out[ch] = np.frombuffer(buf, np.uint8).reshape(y1 - y0, w)[:, x0:x1]
+        finally:
+            os.close(fd)
+        return torch.from_numpy(out)
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        fast = self._rows(index)
+        if fast is not None:
+            return fast
+        self._header()
         try:
             arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as e:
-            raise PackError(f"pack file {str(self.path)!r} is damaged or missing ({e})",
-                            hint=f"delete {str(self.path.parent.parent)!r} and run again to rebuild the pack") from None
-        if arr.dtype != np.uint8 or tuple(arr.shape) != tuple(self.shape):
-            raise PackError(f"pack file {str(self.path)!r} holds {arr.dtype} {tuple(arr.shape)}, expected uint8 "
-                            f"{tuple(self.shape)}",
-                            hint=f"delete {str(self.path.parent.parent)!r} and run again to rebuild the pack")
-        return arr
-
-    def __getitem__(self, index: Any) -> torch.Tensor:
-        arr = self._open()
+            raise self._damaged(str(e)) from None
         out = torch.from_numpy(np.array(arr[index]))
         del arr  # unmap now
         return out

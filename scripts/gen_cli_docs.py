@@ -1,4 +1,4 @@
-"""Regenerate the command reference in README.md from the CLI's own definitions.
+"""Regenerate the command reference and the family table in README.md from the CLI and the registry.
 
     python scripts/gen_cli_docs.py          # rewrite README.md between the cli markers
     python scripts/gen_cli_docs.py --check  # exit 1 if README.md is out of date
@@ -15,6 +15,15 @@ from srdistill.cli import app
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- cli:begin -->", "<!-- cli:end -->"
+FAM_BEGIN, FAM_END = "<!-- families:begin -->", "<!-- families:end -->"
+
+
+def _replace(text: str, begin: str, end: str, body: str) -> str | None:
+    if begin not in text or end not in text:
+        return None
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
 
 
 def render() -> str:
@@ -43,13 +52,14 @@ def render() -> str:
 
 
 def main() -> int:
+    from srdistill.models.families import family_table
+
     text = README.read_text()
-    if BEGIN not in text or END not in text:
-        print("README.md has no cli markers", file=sys.stderr)
+    new = _replace(text, BEGIN, END, render())
+    new = new and _replace(new, FAM_BEGIN, FAM_END, "\n".join(family_table()))
+    if new is None:
+        print("README.md lacks the cli or families markers", file=sys.stderr)
         return 1
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{BEGIN}\n{render()}\n{END}{tail}"
     if "--check" in sys.argv:
         if new != text:
             print("README.md command reference is out of date: run python scripts/gen_cli_docs.py",

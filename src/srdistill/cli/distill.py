@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from . import app
+from ..models.families import family_names  # the registry: no torch import
 from ..console import PlainTable, RichReporter, print_json, run_cli, stdout_console
 
 
@@ -36,8 +37,7 @@ def distill_cmd(
                                                 help="Blocks/layers of the student (default: the teacher's, or "
                                                      "the family default for --student-arch)."),
     student_arch: Optional[str] = typer.Option(None, "--student-arch", "-a",
-                                               help="Student family if not the teacher's: compact, span, edsr, "
-                                                    "esrgan, rcan, swinir, plksr, safmn, omnisr, dctlsa."),
+                                               help=f"Student family if not the teacher's: {family_names()}."),
     allow_wider: bool = typer.Option(False, "--allow-wider", help="Allow a student wider than the teacher."),
     data: List[Path] = typer.Option([], "--data", help="HR image folder (repeatable; recursive). DIV2K-style "
                                                        "X4/ LR folders next to the HR images are used as pairs. "

@@ -49,6 +49,13 @@ _LOADER = ModelLoader(registry=_REGISTRY)
 _FACTORIES = frozenset(_device_constructors())  # torch.empty, zeros, ones, rand, tensor, ...
 
 
+def add_architecture(arch) -> None:
+    """Let the loader detect one more architecture (a spandrel ``Architecture``), ahead of spandrel's own."""
+    if any(a.architecture.id == arch.id for a in _REGISTRY):
+        return
+    _REGISTRY.add(ArchSupport.from_architecture(arch, before=tuple(a.architecture.id for a in _REGISTRY)))
+
+
 def supported_architectures() -> list[str]:
     """Every architecture id the loader detects (spandrel's and ours)."""
     return sorted({a.architecture.id for a in _REGISTRY}, key=str.lower)

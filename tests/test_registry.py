@@ -79,3 +79,51 @@ def test_a_family_registered_from_a_test_distills_saves_reloads_and_exports(teac
         FAMILIES.pop("ToySR", None)
         for k in ("toy", "toysr"):
             ALIASES.pop(k, None)
+
+
+def test_a_term_registered_from_a_test_trains_checkpoints_and_resumes(teacher_path, data_dir, tmp_path,  # noqa: F811
+                                                                      monkeypatch):
+    import pytest
+
+    from srdistill.distill.terms import TERMS, Term, register_term
+    from srdistill.distill.trainer import SIGNAL_HOOK_ENV
+    from srdistill.errors import Interrupted, UsageError
+
+    class GainTerm(Term):
+        needs = frozenset({"teacher_output"})
+
+        def __init__(self, ctx):
+            super().__init__()
+            self.module = nn.Conv2d(3, 3, 1).to(ctx.device)  # trained with the student
+
+        def label(self):
+            return "gain(student, teacher)"
+
+        def loss(self, out):
+            return (self.module(out.student) - out.teacher).abs().mean()
+
+    register_term("gain", GainTerm, needs={"teacher_output"}, about="a test's toy term")
+    try:
+        kw = dict(steps=8, checkpoint_every=2, terms={"gain": 0.3})
+        full = distill(_cfg(teacher_path, data_dir, tmp_path / "full", **kw))
+        assert full.loss_formula == "loss = 0.5*L1(student, teacher) + 0.5*L1(student, HR) + 0.3*gain(student, teacher)"
+        assert "gain" in full.final_losses
+        ck = torch.load(tmp_path / "full" / "s.ckpt", weights_only=True)
+        init = nn.Conv2d(3, 3, 1)
+        assert set(ck["terms"]["gain"]["module"]) == set(init.state_dict())
+        monkeypatch.setenv(SIGNAL_HOOK_ENV, "3")
+        cfg = _cfg(teacher_path, data_dir, tmp_path / "cut", **kw)
+        with pytest.raises(Interrupted):
+            distill(cfg)
+        monkeypatch.delenv(SIGNAL_HOOK_ENV)
+        cfg.resume = True
+        resumed = distill(cfg)
+        ck2 = torch.load(tmp_path / "cut" / "s.ckpt", weights_only=True)
+        for k, v in ck["terms"]["gain"]["module"].items():  # the term's own state resumed exactly
+            assert torch.equal(v, ck2["terms"]["gain"]["module"][k]), k
+        a, b = load_model(full.out).module.state_dict(), load_model(resumed.out).module.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        with pytest.raises(UsageError, match="unknown loss term"):
+            distill(_cfg(teacher_path, data_dir, tmp_path / "x", steps=1, terms={"nope": 1.0}))
+    finally:
+        TERMS.pop("gain", None)

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .errors import SrDistillError, Terminated
+from .errors import SrDistillError, Terminated, debug_enabled  # noqa: F401  (debug_enabled: re-exported)
 from .progress import Reporter, Task
 
 
@@ -97,10 +97,6 @@ def stdout_console() -> Console:
 
 def stderr_console() -> Console:
     return Console(stderr=True, no_color=_no_color(), highlight=False)
-
-
-def debug_enabled() -> bool:
-    return os.environ.get("SRDISTILL_DEBUG", "") not in ("", "0")
 
 
 def _jsonable(obj: Any) -> Any:

@@ -78,3 +78,10 @@ class Terminated(KeyboardInterrupt):
     out), and the command exits 143. A BaseException, so no per-file ``except Exception`` eats it."""
 
     signum = 15
+
+
+def debug_enabled() -> bool:
+    """``SRDISTILL_DEBUG=1``: tracebacks instead of one-line errors (library and CLI alike)."""
+    import os
+
+    return os.environ.get("SRDISTILL_DEBUG", "") not in ("", "0")

@@ -91,7 +91,6 @@ WINDOW_ATTENTION_FAMILIES = frozenset({
     "FDAT", "OmniSR", "DCTLSA",
 })
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class Int8QualityError(QualityGateError, ExportError):
@@ -569,8 +568,9 @@ def _initializer_names(proto) -> set[str]:
 
 
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not p.name.startswith("."))
+    from .data.images import scan_folder
+
+    return sorted(scan_folder(folder, recursive=False))
 
 
 def _check_calibration(path) -> list[Path]:
@@ -582,27 +582,23 @@ def _check_calibration(path) -> list[Path]:
         raise UsageError(f"--calibration {str(p)!r} is not a folder")
     imgs = _list_images(p)
     if not imgs:
+        from .data.images import IMAGE_EXTENSIONS
+
         raise SrDistillError(f"calibration folder {str(p)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})",
                              hint="add a few representative images, or leave out --calibration for dynamic int8")
     return imgs
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image, ImageOps
+    """A calibration image as H x W x 3 uint8 (the one image reader: 16-bit, gray, EXIF, alpha dropped)."""
+    from .data.datasets import to_uint8_chw
+    from .data.images import read_image
 
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                arr = np.clip(arr / (65535.0 if arr.max() > 255 else 255.0), 0, 1)
-                return np.repeat((arr * 255).round().astype(np.uint8)[..., None], 3, axis=2)
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(bg, im.convert("RGBA"))
-            return np.array(im.convert("RGB"), dtype=np.uint8)  # a writable copy
-    except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for bad files
+        img = read_image(path)
+    except SrDistillError as e:
         raise ImageError(f"cannot read calibration image {path.name}: {_first_line(e)}") from None
+    return np.ascontiguousarray(to_uint8_chw(img.rgb, 3).permute(1, 2, 0).numpy())
 
 
 @dataclass

@@ -647,7 +647,7 @@ def upscale_files(inputs: Iterable[str | os.PathLike], options: UpscaleOptions |
     conflicts, model loading errors for a bad model; per-file problems (unreadable,
     too large, existing output without ``overwrite``) end up in the result.
     """
-    from .console import debug_enabled
+    from .errors import debug_enabled
 
     opts = options or UpscaleOptions()
     opts.validate()

@@ -28,6 +28,19 @@ def _given(ctx: typer.Context) -> list[str]:
     return out
 
 
+def _terms(items: list[str]) -> dict[str, float]:
+    from ..errors import UsageError
+
+    out = {}
+    for it in items:
+        name, sep, w = it.partition("=")
+        try:
+            out[name.strip()] = float(w) if sep else 1.0
+        except ValueError:
+            raise UsageError(f"--term {it!r}: expected NAME=WEIGHT, e.g. --term feature=0.5") from None
+    return out
+
+
 @app.command("distill")
 def distill_cmd(
     ctx: typer.Context,
@@ -85,6 +98,7 @@ def distill_cmd(
     adversarial_weight: float = typer.Option(0.0, "--adversarial-weight",
                                              help="Weight of adversarial distillation vs the teacher's outputs "
                                                   "(for GAN teachers); 0 = off."),
+    term: List[str] = typer.Option([], "--term", help="Another registered loss term, NAME=WEIGHT (repeatable)."),
     ema_decay: float = typer.Option(0.999, "--ema-decay", help="EMA of the student weights (the saved model)."),
     val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N steps "
                                                                       "(default: steps/5, at most 1000)."),
@@ -132,7 +146,7 @@ def distill_cmd(
             warmup_steps=warmup_steps, grad_clip=grad_clip, alpha=alpha, alpha_schedule=alpha_schedule,
             alpha_end=alpha_end, upcycle=upcycle, upcycle_ratio=upcycle_ratio, init=init, degradation=degradation,
             degradation_variants=degradation_variants, loss=loss, feature_weight=feature_weight,
-            adversarial_weight=adversarial_weight, ema_decay=ema_decay, val_every=val_every,
+            adversarial_weight=adversarial_weight, terms=_terms(term) if term else None, ema_decay=ema_decay, val_every=val_every,
             checkpoint_every=checkpoint_every, out=str(out), resume=resume, overwrite=overwrite, device=device,
             precision=precision, seed=seed, teacher_cache=teacher_cache,
             pack=str(pack) if pack else None, build_only=build_only, workers=workers, threads=threads,

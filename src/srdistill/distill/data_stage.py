@@ -37,9 +37,8 @@ class TrainingData:
     degradation: Any = None
 
 
-def prepare_data(cfg, teacher, device: torch.device, rep: Reporter, ctx, needs_teacher: bool, *,
-                 formula: str) -> TrainingData:
-    """Read or build the training data for ``cfg``; prints the data and loss lines of the start-up summary."""
+def prepare_data(cfg, teacher, device: torch.device, rep: Reporter, ctx, needs_teacher: bool) -> TrainingData:
+    """Read or build the training data for ``cfg``; prints the data lines of the start-up summary."""
     from ..data.degrade import load_degradation
 
     deg = load_degradation(cfg.degradation)
@@ -64,7 +63,6 @@ def prepare_data(cfg, teacher, device: torch.device, rep: Reporter, ctx, needs_t
         images, weights, cache_info["degradation"] = _degrade(cfg, deg, images, teacher.scale, rep)
     if cfg.lr_only and cfg.alpha < 1:
         rep.warn("--lr-only has no ground truth: the teacher term gets all the pixel weight")
-    rep.info(formula)
     if not needs_teacher:
         rep.info("alpha 0: ground truth only, the teacher is not used (training from scratch)")
     if use_cache and not cfg.pack:

@@ -38,6 +38,7 @@ class LossWeights:
     pixel: str = "l1"
     has_hr: bool = True
     schedule: str | None = None  # description of a moving alpha (the formula then shows "a")
+    extra: dict | None = None  # more registered terms by name -> weight (--term NAME=WEIGHT)
 
     def validate(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -47,6 +48,9 @@ class LossWeights:
         if self.adversarial < 0:
             raise UsageError(f"--adversarial-weight must be >= 0, not {self.adversarial}")
         pixel_loss(self.pixel)
+        from .terms import check_extra_terms
+
+        check_extra_terms(self.extra)
 
     def terms(self) -> dict[str, float]:
         """Weights of the active terms, by name."""
@@ -60,17 +64,26 @@ class LossWeights:
             out["feature"] = self.feature
         if self.adversarial > 0:
             out["adv"] = self.adversarial
+        for name, w in (self.extra or {}).items():
+            if w > 0:
+                out[name] = float(w)
         return out
 
-    def formula(self) -> str:
-        n = PIXEL_NAMES[self.pixel.lower()]
-        names = {"kd": f"{n}(student, teacher)", "hr": f"{n}(student, HR)",
-                 "feature": "feature(student, teacher)", "adv": "GAN(student vs teacher)"}
+    def possible_terms(self) -> dict[str, float]:
+        """Every term that is active at some step (a moving alpha brings in both pixel terms)."""
+        out = self.terms()
         if self.schedule and self.has_hr:
-            terms = {"kd": "a", "hr": "(1-a)", **{k: f"{w:g}" for k, w in self.terms().items() if k in ("feature", "adv")}}
-            return ("loss = " + " + ".join(f"{w}*{names[k]}" for k, w in terms.items())
-                    + f", a = {self.schedule}")
-        return "loss = " + " + ".join(f"{w:g}*{names[k]}" for k, w in self.terms().items())
+            out.setdefault("kd", 0.0)
+            out.setdefault("hr", 0.0)
+            out = {k: out[k] for k in ("kd", "hr")} | {k: v for k, v in out.items() if k not in ("kd", "hr")}
+        return out
+
+    def formula(self, wsum) -> str:
+        """The printed formula: the terms' own labels, with "a" for a scheduled alpha."""
+        texts = {k: f"{w:g}" for k, w in self.possible_terms().items()}
+        if self.schedule and self.has_hr:
+            texts.update(kd="a", hr="(1-a)")
+        return wsum.formula(texts) + (f", a = {self.schedule}" if self.schedule and self.has_hr else "")
 
 
 class FeatureTaps:

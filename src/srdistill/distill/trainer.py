@@ -33,8 +33,8 @@ from . import distributed as dist_util
 from .data_stage import DEFAULT_VARIANTS, UPCYCLE_RATIO  # noqa: F401  (the defaults, re-exported)
 from .loader import PlanStream, batches, default_workers
 from .schedule import make_schedule
-from .losses import (Adapters, FeatureTaps, LossWeights, PatchDiscriminator, feature_loss, gan_loss, pair_taps,
-                     pixel_loss)
+from .losses import PIXEL_NAMES, LossWeights, pixel_loss
+from .terms import StepOutputs, TermContext, WeightedSum, needs_of
 
 NAN_HOOK_ENV = "SRDISTILL_TEST_NAN_AT_STEP"  # test hook: inject a NaN loss at this step
 SIGNAL_HOOK_ENV = "SRDISTILL_TEST_SIGTERM_AT_STEP"
@@ -69,6 +69,7 @@ class DistillConfig:
     init: str = "auto"  # auto: from the teacher where the student can be (same family), else random
     degradation: str = "bicubic"  # bicubic (clean LR), realesrgan, light, none (with --lr-only) or a file
     degradation_variants: int | None = None  # None: DEFAULT_VARIANTS with a degradation
+    terms: dict | None = None  # more registered loss terms, name -> weight (--term NAME=WEIGHT)
     loss: str = "l1"
     feature_weight: float = 0.0
     adversarial_weight: float = 0.0
@@ -456,9 +457,7 @@ def _build_pack_only(cfg: DistillConfig, rep: Reporter, ctx, device: torch.devic
     t0 = time.monotonic()
     teacher = load_model(cfg.teacher, device=device)
     teacher.module.eval()
-    needs_teacher = not (cfg.alpha == 0 and cfg.feature_weight == 0 and cfg.adversarial_weight == 0
-                         and not cfg.upcycle)
-    use_cache = cfg.teacher_cache and needs_teacher
+    use_cache = cfg.teacher_cache and _needs_teacher(cfg, _loss_weights(cfg))
     req = pack_request(cfg, teacher, load_degradation(cfg.degradation), use_cache)
     _, _, stats, info = open_pack(req, teacher if use_cache else None, device=device, reporter=rep, rank=ctx.rank,
                                   world=ctx.world_size, barrier=ctx.barrier if ctx.enabled else None)
@@ -470,6 +469,17 @@ def _build_pack_only(cfg: DistillConfig, rep: Reporter, ctx, device: torch.devic
         teacher={"architecture": teacher.architecture, "params": teacher.params, "file": str(cfg.teacher)},
         student={}, compression_ratio=0.0, data=stats.to_dict(), teacher_cache={"enabled": use_cache},
         pack=info.to_dict())
+
+
+def _loss_weights(cfg: DistillConfig) -> LossWeights:
+    schedule = make_schedule(cfg.alpha_schedule, cfg.alpha, cfg.alpha_end, cfg.steps)
+    return LossWeights(schedule.peak(), cfg.feature_weight, cfg.adversarial_weight, cfg.loss, has_hr=not cfg.lr_only,
+                       schedule=schedule.describe() if schedule.varies() else None, extra=cfg.terms)
+
+
+def _needs_teacher(cfg: DistillConfig, weights: LossWeights) -> bool:
+    """Whether any term reads the teacher (its output or features), so the teacher cache is wanted."""
+    return bool({"teacher_output", "teacher_features"} & needs_of(weights.possible_terms())) or cfg.upcycle
 
 
 def _nothing_to_do(cfg: DistillConfig, ck: dict, paths: dict[str, Path], rep: Reporter) -> DistillResult:
@@ -548,7 +558,7 @@ def _validate(cfg: DistillConfig) -> None:
     cfg.init = (cfg.init or "auto").strip().lower()
     if cfg.init not in INITS:
         raise UsageError(f"unknown --init {cfg.init!r}", hint="use auto, random or teacher")
-    LossWeights(cfg.alpha, cfg.feature_weight, cfg.adversarial_weight, cfg.loss).validate()
+    LossWeights(cfg.alpha, cfg.feature_weight, cfg.adversarial_weight, cfg.loss, extra=cfg.terms).validate()
 
 
 def _validate_degradation(cfg: DistillConfig) -> None:
@@ -604,12 +614,11 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
              f"({comp['ratio']:.1f}x smaller)")
 
     schedule = make_schedule(cfg.alpha_schedule, cfg.alpha, cfg.alpha_end, cfg.steps)
-    weights = LossWeights(schedule.peak(), cfg.feature_weight, cfg.adversarial_weight, cfg.loss,
-                          has_hr=not cfg.lr_only, schedule=schedule.describe() if schedule.varies() else None)
-    needs_teacher = bool({"kd", "feature", "adv"} & set(weights.terms())) or cfg.upcycle
+    weights = _loss_weights(cfg)
+    needs_teacher = _needs_teacher(cfg, weights)
     from .data_stage import prepare_data
 
-    data = prepare_data(cfg, teacher, device, rep, ctx, needs_teacher, formula=weights.formula())
+    data = prepare_data(cfg, teacher, device, rep, ctx, needs_teacher)
     images, stats, cache_info, sampler = data.images, data.stats, data.cache_info, data.sampler
     if init_from and not cfg.resume:  # a resumed run's weights come from its checkpoint
         from ..models.teacher_init import init_from_teacher
@@ -619,35 +628,13 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
         init_rep = init_from_teacher(student, teacher, probe)
         rep.info(init_rep.describe() + (" (--init auto: the student is the teacher's family)"
                                          if cfg.init == "auto" else ""))
-    crit = pixel_loss(cfg.loss)
+    p = cfg.patch_size
+    probe = torch.stack([im.lr[:, :p, :p] for im in images[:4]]).float().div(255).to(device)
+    wsum = WeightedSum.build(weights.possible_terms(), TermContext(
+        student, teacher, device, cfg.seed, cfg.lr, pixel_loss(cfg.loss), PIXEL_NAMES[cfg.loss.lower()], probe, rep))
+    rep.info(weights.formula(wsum))
 
-    # feature distillation: hooks on corresponding layers, 1x1 adapters where widths differ
-    s_taps = t_taps = None
-    adapters: Adapters | None = None
-    if cfg.feature_weight > 0:
-        s_fam, t_fam = get_family(student.architecture), get_family(teacher.architecture)
-        s_names, t_names = pair_taps(s_fam, student.hyperparameters, t_fam, teacher.hyperparameters)
-        s_taps, t_taps = FeatureTaps(student.module, s_names), FeatureTaps(teacher.module, t_names)
-        probe = images[0].lr[:, : cfg.patch_size, : cfg.patch_size].unsqueeze(0).float().div(255).to(device)
-        with torch.no_grad():
-            student.module(probe)
-            teacher.module(probe)
-        sf, tf = s_taps.take(), t_taps.take()
-        if any(f is None or f.ndim != 4 for f in sf + tf):
-            raise UsageError("feature distillation: these layers do not give image-shaped features",
-                             hint="use --feature-weight 0")
-        torch.manual_seed(cfg.seed + 1)
-        adapters = Adapters([f.shape[1] for f in sf], [f.shape[1] for f in tf]).to(device)
-        rep.info(f"feature taps: student {s_names} -> teacher {t_names}")
-
-    disc: PatchDiscriminator | None = None
-    d_opt = None
-    if cfg.adversarial_weight > 0:
-        torch.manual_seed(cfg.seed + 2)
-        disc = PatchDiscriminator(teacher.output_channels).to(device)
-        d_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
-
-    train_params = list(student.module.parameters()) + (list(adapters.parameters()) if adapters else [])
+    train_params = list(student.module.parameters()) + wsum.trainable_parameters()
     opt = torch.optim.AdamW(train_params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(500, max(1, cfg.steps // 20))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, cfg.steps))
@@ -674,11 +661,7 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
         ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
-        if adapters is not None and ck.get("adapters"):
-            adapters.load_state_dict(ck["adapters"])
-        if disc is not None and ck.get("disc"):
-            disc.load_state_dict(ck["disc"])
-            d_opt.load_state_dict(ck["disc_opt"])
+        wsum.load_state_dict(ck.get("terms") or {})
         if ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
         _set_rng_state(gen, ck["rng"])
@@ -739,8 +722,7 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
             "student_arch": student.architecture, "student_hp": json.loads(json.dumps(student.hyperparameters)),
             "student": student.module.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "rng": _rng_state(gen, stream.state_before(step)),
-            "adapters": adapters.state_dict() if adapters else None,
-            "disc": disc.state_dict() if disc else None, "disc_opt": d_opt.state_dict() if d_opt else None,
+            "terms": wsum.state_dict(),  # each term's learned module (adapters, a discriminator), by name
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "config": json.dumps(config_meta),
             "best": best, "history": history,  # a resumed run keeps the best student, not a later worse one
@@ -810,7 +792,7 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
                 raise SrDistillError(f"cannot write the training log {str(paths['log'])!r}: "
                                      f"{e.strerror or e}") from None
             log({"event": "start", "step": step, "time": time.time(), "config": config_meta,
-                 "formula": weights.formula(), "srdistill": __version__})
+                 "formula": weights.formula(wsum), "srdistill": __version__})
         with _Signals() as sig, rep.task("distilling", total=cfg.steps) as task:
             task.advance(step)
             it = batches(stream, device, workers)
@@ -825,22 +807,12 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
                         t_out = batch.target
                         if t_out is None and needs_teacher:
                             t_out = sampler.live_targets(mine, teacher.module, device)
-                        if s_taps is not None:  # teacher features on the same (augmented) input
+                        if wsum.needs("teacher_features"):  # teacher features on the same (augmented) input
                             with torch.no_grad():
                                 teacher.module(batch.lr)
                         s_out = model_for_step(batch.lr)
-                        tw = weights.terms()
-                        if "kd" in tw:
-                            terms["kd"] = tw["kd"] * crit(s_out.float(), t_out)
-                        if "hr" in tw and batch.hr is not None:
-                            terms["hr"] = tw["hr"] * crit(s_out.float(), batch.hr)
-                        if s_taps is not None:
-                            sf = adapters(s_taps.take())
-                            tf = t_taps.take()
-                            terms["feature"] = tw["feature"] * feature_loss(
-                                [f.float() for f in sf], [f.float() for f in tf])
-                        if disc is not None:
-                            terms["adv"] = tw["adv"] * gan_loss(disc(s_out.float()), real=True)
+                        out = StepOutputs(s_out.float(), t_out, batch.hr, batch.lr)
+                        terms = wsum.losses(out, weights.terms())
                         loss = sum(terms.values())
                 except torch.cuda.OutOfMemoryError:
                     raise TrainingError(
@@ -866,14 +838,7 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
                 scaler.update()
                 sched.step()
                 ema.update(student.module)
-                if disc is not None:
-                    d_opt.zero_grad(set_to_none=True)
-                    with autocast:
-                        d_loss = 0.5 * (gan_loss(disc(t_out.detach().float()), True)
-                                        + gan_loss(disc(s_out.detach().float()), False))
-                    d_loss.backward()
-                    d_opt.step()
-                    terms["disc"] = d_loss.detach()
+                terms.update(wsum.after_step(out, autocast))
                 step += 1
                 steps_done += 1
                 last_terms = {k: float(v.detach()) for k, v in terms.items()}
@@ -923,9 +888,7 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
         if log_f:
             with contextlib.suppress(OSError):
                 log_f.close()
-        for taps in (s_taps, t_taps):
-            if taps is not None:
-                taps.remove()
+        wsum.close()
     seconds = time.monotonic() - t_start
     loop_s = time.monotonic() - t_loop
     return DistillResult(
@@ -933,7 +896,7 @@ def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision
         resumed_from=start_step, seconds=round(seconds, 3),
         steps_per_second=round(steps_done / loop_s, 3) if loop_s > 0 else 0.0,
         device=str(device), precision=precision, world_size=world, global_batch=global_batch,
-        loss_formula=weights.formula(), final_losses=last_terms,
+        loss_formula=weights.formula(wsum), final_losses=last_terms,
         teacher={"architecture": teacher.architecture, "params": teacher.params, "file": str(cfg.teacher)},
         student={"architecture": student.architecture, "params": student.params,
                  "hyperparameters": student.hyperparameters},

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from srdistill.cli import app
 from srdistill.data import degrade as D
-from srdistill.distill.trainer import SIGNAL_HOOK_ENV, distill
+from srdistill.distill.run import TrainHooks
+from srdistill.distill.trainer import distill
 from srdistill.errors import Interrupted, UsageError
 from srdistill.evaluate import EvalOptions, evaluate
 from srdistill.models.loading import load_model
@@ -178,11 +179,9 @@ def test_resume_with_degradations_is_exact(teacher_path, data_dir, tmp_path, mon
     if cache:
         kw["degradation_variants"] = 2
     full = distill(_cfg(teacher_path, data_dir, tmp_path / "full", **kw))
-    monkeypatch.setenv(SIGNAL_HOOK_ENV, "7")
     cfg = _cfg(teacher_path, data_dir, tmp_path / "cut", **kw)
     with pytest.raises(Interrupted):
-        distill(cfg)
-    monkeypatch.delenv(SIGNAL_HOOK_ENV)
+        distill(cfg, hooks=TrainHooks(sigterm_at_step=7))
     cfg.resume = True
     resumed = distill(cfg)
     assert resumed.resumed_from == 7
@@ -192,11 +191,9 @@ def test_resume_with_degradations_is_exact(teacher_path, data_dir, tmp_path, mon
 
 
 def test_resume_refuses_another_degradation(teacher_path, data_dir, tmp_path, monkeypatch):  # noqa: F811
-    monkeypatch.setenv(SIGNAL_HOOK_ENV, "2")
     cfg = _cfg(teacher_path, data_dir, tmp_path, steps=6, degradation="light", degradation_variants=2)
     with pytest.raises(Interrupted):
-        distill(cfg)
-    monkeypatch.delenv(SIGNAL_HOOK_ENV)
+        distill(cfg, hooks=TrainHooks(sigterm_at_step=2))
     cfg.resume, cfg.degradation = True, "realesrgan"
     cfg.explicit = ["degradation", "resume"]
     with pytest.raises(UsageError, match="--degradation"):

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from srdistill.cli import app
 from srdistill.data.datasets import PatchSampler, fill_teacher_cache, load_train_images
-from srdistill.distill.trainer import NAN_HOOK_ENV, SIGNAL_HOOK_ENV, DistillConfig, distill
+from srdistill.distill.run import TrainHooks
+from srdistill.distill.trainer import DistillConfig, distill
 from srdistill.errors import Interrupted, OutputExistsError, TrainingError, UsageError
 from srdistill.metrics import psnr, to_uint8
 from srdistill.models.checkpoint import save_student
@@ -103,12 +104,10 @@ def test_lr_only_mode_uses_the_teacher_as_the_only_target(teacher_path, data_dir
 
 def test_resume_after_sigterm_ends_with_the_same_weights(teacher_path, data_dir, tmp_path, monkeypatch):
     full = distill(_cfg(teacher_path, data_dir, tmp_path / "full", steps=30))
-    monkeypatch.setenv(SIGNAL_HOOK_ENV, "13")
     cfg = _cfg(teacher_path, data_dir, tmp_path / "cut", steps=30)
     with pytest.raises(Interrupted) as ei:
-        distill(cfg)
+        distill(cfg, hooks=TrainHooks(sigterm_at_step=13))
     assert ei.value.exit_code == 143
-    monkeypatch.delenv(SIGNAL_HOOK_ENV)
     ck = torch.load(tmp_path / "cut" / "s.ckpt", weights_only=True)
     assert ck["step"] == 13
     cfg.resume = True
@@ -120,9 +119,8 @@ def test_resume_after_sigterm_ends_with_the_same_weights(teacher_path, data_dir,
 
 
 def test_nan_loss_stops_with_the_last_checkpoint_intact(teacher_path, data_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv(NAN_HOOK_ENV, "15")
     with pytest.raises(TrainingError, match="step 15.*s.ckpt is intact"):
-        distill(_cfg(teacher_path, data_dir, tmp_path, steps=30))
+        distill(_cfg(teacher_path, data_dir, tmp_path, steps=30), hooks=TrainHooks(nan_at_step=15))
     ck = torch.load(tmp_path / "s.ckpt", weights_only=True)
     assert ck["step"] == 10
     assert all(torch.isfinite(v).all() for v in ck["student"].values() if v.is_floating_point())

@@ -175,7 +175,8 @@ def test_resume_continues_the_recorded_run_and_refuses_a_different_one(tmp_path,
 def test_an_interrupted_run_with_validation_ends_with_the_uninterrupted_runs_best_student(tmp_path, monkeypatch):
     import torch
 
-    from srdistill.distill.trainer import SIGNAL_HOOK_ENV, distill
+    from srdistill.distill.run import TrainHooks
+    from srdistill.distill.trainer import distill
     from srdistill.errors import Interrupted
     from test_distill import _cfg
 
@@ -183,10 +184,8 @@ def test_an_interrupted_run_with_validation_ends_with_the_uninterrupted_runs_bes
     kw = dict(val=None, val_every=2, steps=12, checkpoint_every=2, lr=5e-2)  # a high lr: scores go up and down
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     full = distill(_cfg(teacher, data, tmp_path / "a", **kw))
-    monkeypatch.setenv(SIGNAL_HOOK_ENV, "7")
     with pytest.raises(Interrupted):
-        distill(_cfg(teacher, data, tmp_path / "b", **kw))
-    monkeypatch.delenv(SIGNAL_HOOK_ENV)
+        distill(_cfg(teacher, data, tmp_path / "b", **kw), hooks=TrainHooks(sigterm_at_step=7))
     resumed = distill(_cfg(teacher, data, tmp_path / "b", resume=True, **kw))
     assert resumed.best == full.best
     a, b = load_model(full.out), load_model(resumed.out)

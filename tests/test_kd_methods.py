@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from srdistill.cli import app
 from srdistill.distill.schedule import make_schedule
-from srdistill.distill.trainer import SIGNAL_HOOK_ENV, distill
+from srdistill.distill.run import TrainHooks
+from srdistill.distill.trainer import distill
 from srdistill.errors import Interrupted, UsageError
 from srdistill.models.loading import load_model, model_from_state_dict
 from srdistill.models.students import build_student
@@ -141,10 +142,8 @@ def test_resume_with_upcycle_and_eco_equals_an_uninterrupted_run(teacher_path, d
     b = tmp_path / "b"
     a.mkdir(), b.mkdir()
     distill(_cfg(teacher_path, data_dir, a, **kw))
-    monkeypatch.setenv(SIGNAL_HOOK_ENV, "8")
     with pytest.raises(Interrupted):
-        distill(_cfg(teacher_path, data_dir, b, **kw))
-    monkeypatch.delenv(SIGNAL_HOOK_ENV)
+        distill(_cfg(teacher_path, data_dir, b, **kw), hooks=TrainHooks(sigterm_at_step=8))
     distill(_cfg(teacher_path, data_dir, b, resume=True, **kw))
     sa = load_model(a / "s.safetensors").module.state_dict()
     sb = load_model(b / "s.safetensors").module.state_dict()

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from srdistill.cli import app
 from srdistill.data.pack import PackError, PackRequest, open_pack, pack_key
-from srdistill.distill.trainer import SIGNAL_HOOK_ENV, DistillConfig, distill
+from srdistill.distill.run import TrainHooks
+from srdistill.distill.trainer import DistillConfig, distill
 from srdistill.errors import Interrupted
 from srdistill.models.loading import load_model
 
@@ -120,11 +121,9 @@ def test_a_truncated_pack_file_is_a_one_line_error(teacher_path, own_data, tmp_p
 def test_resume_from_a_checkpoint_with_the_pack_is_exact(teacher_path, data_dir, tmp_path, monkeypatch):  # noqa: F811
     pack = str(tmp_path / "pack")
     full = distill(_cfg(teacher_path, data_dir, tmp_path / "full", steps=12, pack=pack, checkpoint_every=4))
-    monkeypatch.setenv(SIGNAL_HOOK_ENV, "5")
     cfg = _cfg(teacher_path, data_dir, tmp_path / "cut", steps=12, pack=pack, checkpoint_every=4, workers=2)
     with pytest.raises(Interrupted):
-        distill(cfg)
-    monkeypatch.delenv(SIGNAL_HOOK_ENV)
+        distill(cfg, hooks=TrainHooks(sigterm_at_step=5))
     cfg.resume = True
     resumed = distill(cfg)
     assert resumed.resumed_from == 5 and resumed.pack["reused"]

@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 
 from robust_helpers import PYTHON, python_env, tiny_compact
 from srdistill.cli import app
+from srdistill.distill import run as run_module  # where a run writes its checkpoint and log
 from srdistill.distill import trainer
 
 CATEGORY = "interruption and faults during distill"
@@ -235,7 +236,7 @@ class _FullDisk:
 
 
 def _open_failing(kind: str, nth: int, room: int):
-    """An ``open`` for the trainer module: the nth open of ``kind`` ("wb": checkpoint, "text": log) fills up."""
+    """An ``open`` for the run module: the nth open of ``kind`` ("wb": checkpoint, "text": log) fills up."""
     real = open
     calls = {"n": 0}
 
@@ -252,7 +253,7 @@ def _open_failing(kind: str, nth: int, room: int):
 
 def test_disk_full_while_writing_a_checkpoint(teacher, train_dir, tmp_path, tally, monkeypatch):
     out = tmp_path / "s.safetensors"
-    monkeypatch.setattr(trainer, "open", _open_failing("wb", 3, 1000), raising=False)
+    monkeypatch.setattr(run_module, "open", _open_failing("wb", 3, 1000), raising=False)
     with tally.case(CATEGORY, "disk full during the 3rd checkpoint write"):
         r = _invoke(_args(teacher, train_dir, out, 40))
         assert r.exit_code == 1, r.output
@@ -292,7 +293,7 @@ def test_write_refused_by_the_kernel_while_writing_a_checkpoint(teacher, train_d
 def test_disk_full_under_the_training_log_does_not_stop_or_change_the_run(teacher, train_dir, reference,
                                                                           tmp_path, tally, monkeypatch):
     out = tmp_path / "s.safetensors"
-    monkeypatch.setattr(trainer, "open", _open_failing("text", 1, 300), raising=False)
+    monkeypatch.setattr(run_module, "open", _open_failing("text", 1, 300), raising=False)
     with tally.case(CATEGORY, "disk full under the training log"):
         r = _invoke(_args(teacher, train_dir, out))
         assert r.exit_code == 0, r.output

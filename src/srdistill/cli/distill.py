@@ -156,7 +156,10 @@ def distill_cmd(
         from ..distill import distributed
 
         try:
-            res = distill(cfg, RichReporter(quiet=quiet or json_out))
+            from ..distill.run import TrainHooks
+
+            # SRDISTILL_TEST_* variables: how subprocess tests inject faults; the library reads no env
+            res = distill(cfg, RichReporter(quiet=quiet or json_out), TrainHooks.from_env())
         finally:
             distributed.shutdown()
         if distributed.launched_by_torchrun() and int(__import__("os").environ.get("RANK", "0")) != 0:

@@ -1,14 +1,14 @@
-"""The distillation loop: data, teacher cache, losses, optimiser, EMA, checkpoints, resume, signals.
+"""``distill``: options, outputs and the run lock; the run itself is :class:`srdistill.distill.run.Run`.
 
 The same code runs on CPU and CUDA and, under ``torchrun``, data-parallel with
-DistributedDataParallel (see :mod:`srdistill.distill.distributed`).
+DistributedDataParallel (see :mod:`srdistill.distill.distributed`). Also here: the pieces a run
+uses (EMA, learning-rate schedule, signals, RNG state, the lock).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import io
 import json
 import math
 import os
@@ -18,27 +18,22 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
 from ..devices import resolve_device
-from ..errors import Interrupted, OutputExistsError, SrDistillError, TrainingError, UsageError
-from ..fileio import atomic_path, check_writable
+from ..errors import OutputExistsError, SrDistillError, TrainingError, UsageError
+from ..fileio import check_writable
 from ..progress import NULL, Reporter
 from . import distributed as dist_util
 from .data_stage import DEFAULT_VARIANTS, UPCYCLE_RATIO  # noqa: F401  (the defaults, re-exported)
-from .loader import PlanStream, batches, default_workers
+from .run import NAN_HOOK_ENV, RANK_DUMP_ENV, SIGNAL_HOOK_ENV, Run, TrainHooks  # noqa: F401  (re-exported)
 from .schedule import make_schedule
-from .losses import PIXEL_NAMES, LossWeights, pixel_loss
-from .terms import StepOutputs, TermContext, WeightedSum, needs_of
+from .losses import LossWeights
+from .terms import needs_of
 
-NAN_HOOK_ENV = "SRDISTILL_TEST_NAN_AT_STEP"  # test hook: inject a NaN loss at this step
-SIGNAL_HOOK_ENV = "SRDISTILL_TEST_SIGTERM_AT_STEP"
-RANK_DUMP_ENV = "SRDISTILL_TEST_DUMP_RANK_WEIGHTS"  # test hook: each rank saves its final weights here  # test hook: behave as if SIGTERM arrived after this step
 CKPT_FORMAT = 1
 INITS = ("auto", "random", "teacher")
 
@@ -378,8 +373,9 @@ def _set_rng_state(gen: torch.Generator, st: dict) -> None:
 # --------------------------------------------------------------------------- the run
 
 
-def distill(cfg: DistillConfig, reporter: Reporter = NULL) -> DistillResult:
-    """Train a student to imitate ``cfg.teacher``; returns what was done and where it went."""
+def distill(cfg: DistillConfig, reporter: Reporter = NULL, hooks: TrainHooks | None = None) -> DistillResult:
+    """Train a student to imitate ``cfg.teacher``; returns what was done and where it went.
+    ``hooks``: faults a test injects (a NaN loss, a SIGTERM at a step); none in normal use."""
     from .resume import apply_checkpoint_config, explicit_fields, read_checkpoint
 
     ctx = dist_util.context()
@@ -442,7 +438,7 @@ def distill(cfg: DistillConfig, reporter: Reporter = NULL) -> DistillResult:
     if startup_error is not None:
         raise startup_error
     try:
-        return _run(cfg, rep, ctx, device, precision, paths)
+        return Run(cfg, rep, ctx, device, precision, paths, hooks).execute()
     finally:
         lock.release()
 
@@ -577,332 +573,6 @@ def _validate_degradation(cfg: DistillConfig) -> None:
     if cfg.degradation_variants is not None and not cfg.teacher_cache:
         raise UsageError("--degradation-variants counts the cached variants; --no-teacher-cache degrades every "
                          "patch afresh", hint="drop one of them")
-
-
-def _run(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device, precision: str, paths: dict[str, Path]):
-    from ..models.checkpoint import save_student
-    from ..models.families import get_family
-    from ..models.loading import load_model
-    from ..models.students import build_student, compression
-    from ..data.datasets import builtin_val_dir, load_eval_pairs
-
-    t_start = time.monotonic()
-    teacher = load_model(cfg.teacher, device=device)
-    teacher.module.eval()
-    for p in teacher.module.parameters():
-        p.requires_grad_(False)
-
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    student = build_student(teacher, cfg.student_width, cfg.student_depth, cfg.student_arch,
-                            allow_wider=cfg.allow_wider, seed=cfg.seed, reporter=rep)
-    student.module.to(device).train()
-    from ..models.teacher_init import can_init, check_supported
-
-    if cfg.init == "teacher":  # refused before any data is read
-        check_supported(student, teacher)
-    init_from = cfg.init == "teacher" or (cfg.init == "auto" and can_init(student, teacher))
-    comp = compression(teacher, student)
-    if cfg.gt_size is not None:
-        if cfg.gt_size % teacher.scale or cfg.gt_size // teacher.scale < 4:
-            raise UsageError(f"--gt-size {cfg.gt_size} must be a multiple of the scale ({teacher.scale}) and at "
-                             f"least {4 * teacher.scale}")
-        cfg.patch_size = cfg.gt_size // teacher.scale
-    rep.info(f"teacher: {teacher.architecture} x{teacher.scale}, {teacher.params:,} params ({teacher.name})")
-    rep.info(f"student: {student.architecture} x{student.scale}, {student.params:,} params "
-             f"({comp['ratio']:.1f}x smaller)")
-
-    schedule = make_schedule(cfg.alpha_schedule, cfg.alpha, cfg.alpha_end, cfg.steps)
-    weights = _loss_weights(cfg)
-    needs_teacher = _needs_teacher(cfg, weights)
-    from .data_stage import prepare_data
-
-    data = prepare_data(cfg, teacher, device, rep, ctx, needs_teacher)
-    images, stats, cache_info, sampler = data.images, data.stats, data.cache_info, data.sampler
-    if init_from and not cfg.resume:  # a resumed run's weights come from its checkpoint
-        from ..models.teacher_init import init_from_teacher
-
-        p = cfg.patch_size
-        probe = torch.stack([im.lr[:, :p, :p] for im in images[:4]]).float().div(255).to(device)
-        init_rep = init_from_teacher(student, teacher, probe)
-        rep.info(init_rep.describe() + (" (--init auto: the student is the teacher's family)"
-                                         if cfg.init == "auto" else ""))
-    p = cfg.patch_size
-    probe = torch.stack([im.lr[:, :p, :p] for im in images[:4]]).float().div(255).to(device)
-    wsum = WeightedSum.build(weights.possible_terms(), TermContext(
-        student, teacher, device, cfg.seed, cfg.lr, pixel_loss(cfg.loss), PIXEL_NAMES[cfg.loss.lower()], probe, rep))
-    rep.info(weights.formula(wsum))
-
-    train_params = list(student.module.parameters()) + wsum.trainable_parameters()
-    opt = torch.optim.AdamW(train_params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(500, max(1, cfg.steps // 20))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, cfg.steps))
-    ema = EMA(student.module, cfg.ema_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=(precision == "fp16"))
-    if device.type == "cuda":
-        student.module.to(memory_format=torch.channels_last)
-        teacher.module.to(memory_format=torch.channels_last)
-    model_for_step: nn.Module = student.module
-    if ctx.enabled:
-        model_for_step = ctx.wrap(student.module)
-
-    gen = torch.Generator().manual_seed(cfg.seed)
-    start_step = 0
-    if cfg.resume:
-        from .resume import read_checkpoint
-
-        ck = read_checkpoint(paths["ckpt"], CKPT_FORMAT)
-        if ck["student_arch"] != student.architecture or ck["student_hp"] != json.loads(
-                json.dumps(student.hyperparameters)):
-            raise UsageError(f"--resume: {paths['ckpt'].name} holds a different student "
-                             f"({ck['student_arch']} {ck['student_hp']})", hint="use the same --student-* options")
-        student.module.load_state_dict(ck["student"])
-        ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        wsum.load_state_dict(ck.get("terms") or {})
-        if ck.get("scaler"):
-            scaler.load_state_dict(ck["scaler"])
-        _set_rng_state(gen, ck["rng"])
-        start_step = int(ck["step"])
-        rep.info(f"resuming from step {start_step} ({paths['ckpt'].name})")
-        if start_step >= cfg.steps:
-            rep.warn(f"the checkpoint is already at step {start_step} >= --steps {cfg.steps}")
-
-    val_pairs = None
-    val_dirs = cfg.val if cfg.val is not None else [str(builtin_val_dir())]
-    bicubic: dict | None = None
-    if val_dirs:
-        from ..evaluate import BicubicBaseline, score_pairs
-
-        val_pairs = []
-        for v in val_dirs:
-            val_pairs += load_eval_pairs(v, teacher.scale, reporter=rep)
-        b = score_pairs(BicubicBaseline(teacher.scale), val_pairs, teacher.scale)
-        bicubic = {"psnr": b["psnr"], "ssim": b["ssim"]}
-        rep.info(f"validation: {len(val_pairs)} image(s) "
-                 + ("(built-in photos; --val DIR for your own, --no-val to skip)" if cfg.val is None
-                    else "from " + ", ".join(val_dirs))
-                 + f", bicubic scores {b['psnr']:.3f} dB")
-    val_every = cfg.val_every or max(1, min(1000, cfg.steps // 5))
-
-    world = ctx.world_size
-    global_batch = cfg.batch_size * world
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-                if precision in ("bf16", "fp16") else contextlib.nullcontext())
-    nan_at = int(os.environ.get(NAN_HOOK_ENV, "0") or 0)
-    term_at = int(os.environ.get(SIGNAL_HOOK_ENV, "0") or 0)
-
-    log_f = None
-    history: list[dict] = []
-    best: dict | None = None
-    if cfg.resume:  # validation so far: a later, worse score must not replace the best student
-        history = list(ck.get("history") or [])
-        best = ck.get("best") if isinstance(ck.get("best"), dict) else None
-    last_terms: dict[str, float] = {}
-    config_meta = {k: v for k, v in cfg.to_dict().items() if k not in ("resume", "overwrite", "out", "explicit")}
-    config_meta["teacher"] = Path(cfg.teacher).name
-    config_meta["teacher_sha256"] = teacher.sha256
-    config_meta["student_width_used"] = student.hyperparameters.get(get_family(student.architecture).width) \
-        if get_family(student.architecture) else cfg.student_width
-    if data.degradation is not None:
-        config_meta["degradation_params"] = data.degradation.params
-    for k in ("pack", "workers", "build_only"):  # where the data lives / how it is read: not what the run is
-        config_meta.pop(k, None)
-    config_meta["global_batch"] = global_batch
-    config_meta["world_size"] = world
-    command = "srdistill distill " + " ".join(_argv_repr(cfg))
-
-    def write_ckpt(step: int) -> None:
-        if not ctx.is_main:
-            return
-        state = {
-            "format": CKPT_FORMAT, "version": __version__, "step": step,
-            "student_arch": student.architecture, "student_hp": json.loads(json.dumps(student.hyperparameters)),
-            "student": student.module.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "rng": _rng_state(gen, stream.state_before(step)),
-            "terms": wsum.state_dict(),  # each term's learned module (adapters, a discriminator), by name
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "config": json.dumps(config_meta),
-            "best": best, "history": history,  # a resumed run keeps the best student, not a later worse one
-        }
-        # serialise in memory, then write with Python file I/O: torch.save's own writer turns a full
-        # disk into a RuntimeError ("unexpected pos ..."); this way it is an OSError that atomic_path
-        # reports as such, and the previous checkpoint stays in place
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        with atomic_path(paths["ckpt"], overwrite=True) as tmp:
-            with open(tmp, "wb") as f:
-                f.write(buf.getbuffer())
-                f.flush()
-                os.fsync(f.fileno())
-
-    def save_output(step: int, metrics: dict | None) -> None:
-        if not ctx.is_main:
-            return
-        out_model = copy.copy(student)
-        out_model.module = copy.deepcopy(ema.module).cpu().eval()
-        out_model._params_cache = None
-        finalize_reparam(out_model.module)
-        save_student(paths["out"], out_model, overwrite=True, teacher=teacher,
-                     config={**config_meta, "step": step, "command": command},
-                     metrics=metrics, extra={"data": stats.to_dict()})
-
-    def validate(step: int) -> dict:
-        """Mean Y-PSNR/SSIM of the EMA student; under torchrun each rank scores a shard, then all-reduce."""
-        from ..evaluate import score_pairs
-
-        ema_model = copy.copy(student)
-        ema_model.module = ema.module
-        mine = val_pairs[ctx.rank::world]
-        res = score_pairs(ema_model, mine, teacher.scale, device=device) if mine else {"images": []}
-        sums = [sum(r["psnr"] for r in res["images"]), sum(r["ssim"] for r in res["images"]),
-                float(len(res["images"]))]
-        if ctx.enabled:
-            sums = ctx.sum(sums)
-        return {"step": step, "psnr": sums[0] / sums[2], "ssim": sums[1] / sums[2]}
-
-    def log(rec: dict) -> None:
-        """One JSON line, flushed. A failed write (disk full) must neither stop the run nor, in the
-        ``finally`` below, replace the error that is on its way out: warn once and log no more."""
-        nonlocal log_f
-        if log_f is None:
-            return
-        try:
-            log_f.write(json.dumps(rec) + "\n")
-            log_f.flush()
-        except OSError as e:
-            rep.warn(f"cannot write the training log {paths['log']}: {e.strerror or e}; continuing without it")
-            with contextlib.suppress(OSError):
-                log_f.close()
-            log_f = None
-
-    step = start_step
-    steps_done = 0
-    workers = cfg.workers if cfg.workers is not None else default_workers(device)
-    stream = PlanStream(sampler, gen, global_batch, cfg.batch_size, ctx.rank, start_step, cfg.steps)
-    t_loop = time.monotonic()
-    try:
-        if ctx.is_main:
-            try:
-                paths["log"].parent.mkdir(parents=True, exist_ok=True)
-                log_f = open(paths["log"], "a" if cfg.resume else "w", encoding="utf-8")
-            except OSError as e:
-                raise SrDistillError(f"cannot write the training log {str(paths['log'])!r}: "
-                                     f"{e.strerror or e}") from None
-            log({"event": "start", "step": step, "time": time.time(), "config": config_meta,
-                 "formula": weights.formula(wsum), "srdistill": __version__})
-        with _Signals() as sig, rep.task("distilling", total=cfg.steps) as task:
-            task.advance(step)
-            it = batches(stream, device, workers)
-            while step < cfg.steps:
-                mine, batch = next(it)
-                if device.type == "cuda":
-                    batch.lr = batch.lr.contiguous(memory_format=torch.channels_last)
-                terms: dict[str, torch.Tensor] = {}
-                try:
-                    weights.alpha = schedule.at(step)
-                    with autocast:
-                        t_out = batch.target
-                        if t_out is None and needs_teacher:
-                            t_out = sampler.live_targets(mine, teacher.module, device)
-                        if wsum.needs("teacher_features"):  # teacher features on the same (augmented) input
-                            with torch.no_grad():
-                                teacher.module(batch.lr)
-                        s_out = model_for_step(batch.lr)
-                        out = StepOutputs(s_out.float(), t_out, batch.hr, batch.lr)
-                        terms = wsum.losses(out, weights.terms())
-                        loss = sum(terms.values())
-                except torch.cuda.OutOfMemoryError:
-                    raise TrainingError(
-                        f"out of GPU memory at batch {cfg.batch_size} x patch {cfg.patch_size}",
-                        hint="use a smaller --batch-size or --patch-size") from None
-                if nan_at and step + 1 == nan_at:
-                    loss = loss * float("nan")
-                finite = bool(torch.isfinite(loss.detach()))
-                if ctx.enabled:  # every rank stops together, none waits forever in the all-reduce
-                    finite = ctx.all_true(finite)
-                if not finite:
-                    kept = (f"the last good checkpoint {paths['ckpt'].name} is intact"
-                            if paths["ckpt"].exists() else "no checkpoint was written yet")
-                    raise TrainingError(f"the loss became non-finite ({loss.item()}) at step {step + 1}; "
-                                        f"stopping ({kept})",
-                                        hint="lower --lr, or use --precision fp32")
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(train_params, cfg.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                ema.update(student.module)
-                terms.update(wsum.after_step(out, autocast))
-                step += 1
-                steps_done += 1
-                last_terms = {k: float(v.detach()) for k, v in terms.items()}
-                last_terms["loss"] = float(loss.detach())
-                rate = steps_done / max(1e-9, time.monotonic() - t_loop)
-                task.advance(1, **{k: round(v, 5) for k, v in last_terms.items()}, **{"it/s": round(rate, 2)})
-                if log_f and (step % cfg.log_every == 0 or step == cfg.steps):
-                    log({"event": "step", "step": step, **last_terms, "alpha": weights.alpha,
-                         "lr": sched.get_last_lr()[0],
-                         "steps_per_s": rate})
-                if val_pairs and (step % val_every == 0 or step == cfg.steps):
-                    rec = validate(step)
-                    history.append(rec)
-                    log({"event": "val", **rec})
-                    if best is None or rec["psnr"] > best["psnr"]:
-                        best = rec
-                        save_output(step, {"val": {"psnr": rec["psnr"], "ssim": rec["ssim"], "step": step,
-                                                   "images": len(val_pairs), "y_channel": True,
-                                                   "crop_border": teacher.scale}})
-                    rep.info(f"step {step}: val PSNR {rec['psnr']:.3f} dB, SSIM {rec['ssim']:.4f}"
-                             + (" (best)" if best is rec else ""))
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                    write_ckpt(step)
-                stop = sig.received
-                if term_at and step == term_at:
-                    stop = signal.SIGTERM
-                if ctx.enabled:
-                    stop = ctx.any_flag(stop)
-                if stop:
-                    write_ckpt(step)
-                    raise Interrupted(f"stopped at step {step}; checkpoint saved to {paths['ckpt']} "
-                                      "(continue with --resume)", signum=int(stop))
-        if not val_pairs or best is None:
-            save_output(step, None)
-        if best is not None and bicubic is not None and best["psnr"] < bicubic["psnr"]:
-            rep.warn(f"the student scores below bicubic on the validation images ({best['psnr']:.3f} < "
-                     f"{bicubic['psnr']:.3f} dB): train longer (--steps), on more data, or check the teacher")
-        dump = os.environ.get(RANK_DUMP_ENV)
-        if dump:  # test hook: every rank leaves its final weights, to check that ranks agree
-            Path(dump).mkdir(parents=True, exist_ok=True)
-            torch.save(student.module.state_dict(), Path(dump) / f"rank{ctx.rank}.pt")
-        if ctx.enabled:
-            ctx.barrier()
-    finally:
-        if log_f:
-            log({"event": "end", "step": step, "time": time.time()})
-        if log_f:
-            with contextlib.suppress(OSError):
-                log_f.close()
-        wsum.close()
-    seconds = time.monotonic() - t_start
-    loop_s = time.monotonic() - t_loop
-    return DistillResult(
-        out=str(paths["out"]), checkpoint=str(paths["ckpt"]), log=str(paths["log"]), steps=step,
-        resumed_from=start_step, seconds=round(seconds, 3),
-        steps_per_second=round(steps_done / loop_s, 3) if loop_s > 0 else 0.0,
-        device=str(device), precision=precision, world_size=world, global_batch=global_batch,
-        loss_formula=weights.formula(wsum), final_losses=last_terms,
-        teacher={"architecture": teacher.architecture, "params": teacher.params, "file": str(cfg.teacher)},
-        student={"architecture": student.architecture, "params": student.params,
-                 "hyperparameters": student.hyperparameters},
-        compression_ratio=round(comp["ratio"], 3), data=stats.to_dict(), teacher_cache=cache_info,
-        validation=history, best=best, bicubic=bicubic, pack=data.pack.to_dict() if data.pack else None,
-    )
 
 
 def _argv_repr(cfg: DistillConfig) -> list[str]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -34,9 +34,13 @@ import torch
 
 from .devices import resolve_device
 from .tiling import parse_tile
-from .errors import OutputExistsError, QualityGateError, SrDistillError, UsageError
-from .metrics import psnr, rgb_to_y, ssim, to_uint8
+from .errors import SrDistillError, UsageError
+from .metrics import psnr, ssim, to_uint8
 from .progress import NULL, Reporter, Task
+from .eval_report import (MAX_BENCH_SIZE, EvalOptions, EvalReport, ModelRow, _check_int,  # noqa: F401
+                          dataset_name, parse_crop, parse_psnr_thresholds)
+from .comparison import (COMPARISON_GAP_TOLERANCE, COMPARISON_WINDOW, _error_map,  # noqa: F401
+                         _make_comparison, _window_grid)
 
 __all__ = [
     "run_sr",
@@ -149,228 +153,6 @@ class BicubicBaseline:
 # --------------------------------------------------------------------------- options
 
 
-def parse_crop(value: Any) -> tuple[int, int, int, int]:
-    """``"x,y,w,h"`` (or a 4-sequence) in HR pixels -> a tuple of ints; UsageError if malformed."""
-    err = UsageError(f"invalid --crop {value!r}: expected x,y,w,h in HR pixels "
-                     "(four integers, x and y >= 0, w and h > 0)")
-    if isinstance(value, str):
-        parts = [p.strip() for p in value.replace(" ", "").split(",")]
-    elif isinstance(value, (list, tuple)):
-        parts = list(value)
-    else:
-        raise err
-    if len(parts) != 4:
-        raise err
-    try:
-        nums = []
-        for p in parts:
-            if isinstance(p, bool):
-                raise ValueError
-            if isinstance(p, str):
-                if not p.lstrip("-").isdigit():
-                    raise ValueError
-                p = int(p)
-            if not isinstance(p, (int, np.integer)):
-                raise ValueError
-            nums.append(int(p))
-    except ValueError:
-        raise err from None
-    x, y, w, h = nums
-    if x < 0 or y < 0 or w < 1 or h < 1:
-        raise err
-    return x, y, w, h
-
-
-def parse_psnr_thresholds(values: Sequence[Any] | dict | float | None) -> dict[str | None, float]:
-    """``--fail-under-psnr`` values: ``"X"`` (every dataset) or ``"DATASET=X"`` (one dataset).
-
-    Returns ``{None: X, "Set5": Y, ...}``; a dataset's own threshold overrides the global one.
-    """
-    if values is None:
-        return {}
-    if isinstance(values, dict):
-        items = list(values.items())
-    else:
-        if isinstance(values, (str, int, float)):
-            values = [values]
-        items = []
-        for v in values:
-            if isinstance(v, str) and "=" in v:
-                name, _, num = v.rpartition("=")
-                name = name.strip()
-                if not name:
-                    raise UsageError(f"invalid --fail-under-psnr {v!r}: expected X or DATASET=X (X in dB)")
-                items.append((name, num))
-            else:
-                items.append((None, v))
-    out: dict[str | None, float] = {}
-    for name, num in items:
-        shown = f"{name}={num}" if name else str(num)
-        try:
-            if isinstance(num, bool):
-                raise ValueError
-            x = float(str(num).strip())
-        except ValueError:
-            raise UsageError(f"invalid --fail-under-psnr {shown!r}: expected X or DATASET=X (X in dB)") from None
-        if not math.isfinite(x):
-            raise UsageError(f"invalid --fail-under-psnr {shown!r}: the threshold must be a finite number of dB")
-        if name in out:
-            what = f"for dataset {name!r}" if name else "without a dataset name"
-            raise UsageError(f"--fail-under-psnr given twice {what}")
-        out[name] = x
-    return out
-
-
-def dataset_name(folder: str | os.PathLike) -> str:
-    """A dataset's display name: its folder name, or the parent's for ``.../Set5/HR``."""
-    p = Path(folder)
-    if p.is_file():
-        return p.stem
-    p = p.resolve() if str(p) in ("", ".", "..") or p.name in ("", ".", "..") else p
-    name = p.name
-    if name.lower() in ("hr", "gt", "hq") and p.parent.name:
-        name = p.parent.name
-    return name or str(folder)
-
-
-def _check_int(name: str, value: Any, minimum: int, allow_none: bool = True, maximum: int | None = None) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise UsageError(f"invalid {name} {value!r}: expected an integer >= {minimum}")
-    if maximum is not None and value > maximum:
-        raise UsageError(f"invalid {name} {value!r}: expected at most {maximum}")
-    return int(value)
-
-
-#: largest LR side of the benchmark input (x4: an 8192 x 8192 output, 0.8 GB as float32)
-MAX_BENCH_SIZE = 2048
-
-
-@dataclass
-class EvalOptions:
-    """What ``srdistill eval`` was asked to do (the CLI fills it from its flags).
-
-    ``models`` and ``teacher`` are model files (anything :func:`srdistill.onnx_model.load_any`
-    opens) or already-loaded model objects (anything with ``scale`` and ``__call__``, as tests
-    use). With no model, ``scale`` is required and only the bicubic row is computed.
-    """
-
-    models: list = field(default_factory=list)
-    data: list = field(default_factory=list)
-    scale: int | None = None
-    crop_border: int | None = None
-    y_channel: bool = True
-    self_ensemble: bool = False
-    device: str = "auto"
-    tile: int | None = None
-    teacher: Any = None
-    save_images: str | os.PathLike | None = None
-    overwrite: bool = False
-    comparison: str | os.PathLike | None = None
-    crop: Any = None
-    fail_under_psnr: Any = None
-    benchmark: bool = True
-    bench_size: int = 128
-    bench_repeats: int = 10
-    threads: int | None = None
-    reference: str = "hr"  # "teacher": score against the teacher's outputs (fidelity), not the HR images
-    degradation: str | None = None  # degrade the HR into the inputs (realesrgan, light, a file)
-    seed: int = 0  # of the degradation
-    lr_only: bool = False  # the folders hold inputs, no HR (needs reference "teacher")
-
-
-@dataclass
-class ModelRow:
-    name: str
-    role: str  # "baseline" (bicubic), "teacher", "student"
-    format: str  # "bicubic", "pytorch", "onnx", "object"
-    architecture: str
-    path: str | None = None
-    params: int | None = None
-    compression: float | None = None  # teacher params / these params
-    self_ensemble: bool = False
-    datasets: dict = field(default_factory=dict)  # name -> {psnr, ssim, delta_psnr, images}
-    latency_ms_per_mp: float | None = None
-    peak_memory_mib: float | None = None
-    macs_per_mp: float | None = None
-    benchmark: dict | None = None
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-@dataclass
-class EvalReport:
-    scale: int
-    crop_border: int
-    y_channel: bool
-    self_ensemble: bool
-    device: str
-    datasets: list[dict]
-    models: list[ModelRow]
-    teacher: str | None = None
-    benchmark: dict | None = None
-    comparison: dict | None = None
-    saved_images: str | None = None
-    quality_gate: dict | None = None
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    reference: str = "hr"
-
-    @property
-    def skipped(self) -> list[str]:
-        """``dataset/name: reason`` of every image left out because it could not be read."""
-        return [f"{d['name']}/{s}" for d in self.datasets for s in d.get("skipped", [])]
-
-    @property
-    def metric(self) -> str:
-        space = "Y channel (BT.601, studio range)" if self.y_channel else "RGB"
-        if self.reference == "teacher":
-            return (f"fidelity to the teacher, not to ground truth: PSNR (dB) / SSIM (Gaussian 11x11, sigma 1.5) "
-                    f"against the teacher's uint8 outputs on the {space}, {self.crop_border} px border cropped; "
-                    "inf = identical to the teacher")
-        return (f"PSNR (dB) / SSIM (Gaussian 11x11, sigma 1.5) on the {space} of uint8 outputs, "
-                f"{self.crop_border} px border cropped; inf = identical to HR")
-
-    def row(self, name: str) -> ModelRow:
-        for r in self.models:
-            if r.name == name:
-                return r
-        raise KeyError(name)
-
-    def to_dict(self) -> dict:
-        return {
-            "scale": self.scale,
-            "crop_border": self.crop_border,
-            "y_channel": self.y_channel,
-            "self_ensemble": self.self_ensemble,
-            "metric": self.metric,
-            "device": self.device,
-            "datasets": self.datasets,
-            "teacher": self.teacher,
-            "models": [r.to_dict() for r in self.models],
-            "benchmark": self.benchmark,
-            "comparison": self.comparison,
-            "saved_images": self.saved_images,
-            "quality_gate": self.quality_gate,
-            "notes": self.notes,
-            "seconds": self.seconds,
-            "reference": self.reference,
-        }
-
-    def check_quality_gate(self) -> None:
-        """Raise :class:`QualityGateError` (exit code 3) if a ``--fail-under-psnr`` threshold was missed."""
-        g = self.quality_gate
-        if not g or g.get("passed", True):
-            return
-        parts = [f"{f['model']} on {f['dataset']}: {f['psnr']:.3f} dB < {f['threshold']:g} dB" for f in g["failures"]]
-        raise QualityGateError("quality gate failed: " + "; ".join(parts))
-
-
-# --------------------------------------------------------------------------- evaluate
-
-
 @dataclass
 class _Entry:
     name: str
@@ -444,293 +226,287 @@ def _safe_dir_name(name: str) -> str:
     return out or "model"
 
 
-def _error_map(sr: np.ndarray, hr: np.ndarray, y_channel: bool) -> np.ndarray:
-    if y_channel and sr.ndim == 3 and sr.shape[2] == 3:
-        d = rgb_to_y(sr) - rgb_to_y(hr)
-        return d * d
-    d = sr.astype(np.float64) - hr.astype(np.float64)
-    return (d * d).mean(axis=2) if d.ndim == 3 else d * d
-
-
-def _psnr_from_mse(mse: np.ndarray | float, floor: float = 0.0):
-    m = np.maximum(np.asarray(mse, dtype=np.float64), floor)
-    with np.errstate(divide="ignore"):
-        return 10.0 * np.log10(255.0 * 255.0 / m)
-
-
-#: Largest side of the automatically chosen comparison window (HR pixels).
-COMPARISON_WINDOW = 96
-#: When choosing the window, window MSEs below this (PSNR above 34.2 dB) count as equal: flat
-#: regions where every model is near-perfect would otherwise give meaningless PSNR gains.
-COMPARISON_MSE_FLOOR = 25.0
-#: The teacher-student gap of a window is measured with this lower floor (PSNR up to 48.1 dB), or a
-#: window where the teacher reaches 36 dB would look as close to the student as one at 34 dB.
-COMPARISON_GAP_MSE_FLOOR = 1.0
-
-
 def evaluate(opts: EvalOptions, reporter: Reporter = NULL) -> EvalReport:
     """Score the bicubic baseline and every model on every dataset; see the module docstring."""
-    from .report import benchmark, save_png
+    return _Evaluation(opts, reporter or NULL).run()
 
-    t_start = time.monotonic()
-    rep = reporter or NULL
 
-    # ---- options that can be checked before anything is loaded
-    crop = parse_crop(opts.crop) if opts.crop is not None else None
-    thresholds = parse_psnr_thresholds(opts.fail_under_psnr)
-    _check_int("--scale", opts.scale, 1)
-    _check_int("--crop-border", opts.crop_border, 0)
-    tile = parse_tile(opts.tile, allow_auto=False)
-    bench_size = _check_int("--bench-size", opts.bench_size, 1, allow_none=False, maximum=MAX_BENCH_SIZE)
-    repeats = _check_int("--repeats", opts.bench_repeats, 1, allow_none=False, maximum=10_000)
-    threads = _check_int("--threads", opts.threads, 1, maximum=4096)
-    deg = _check_reference_options(opts)
-    if not opts.data:
-        raise UsageError("no dataset given", hint="pass --data FOLDER (HR images, or an HR/ + LR_bicubic/ layout)")
-    for d in opts.data:
-        if not Path(d).exists():
-            raise UsageError(f"data folder {str(d)!r} does not exist")
-    device = resolve_device(opts.device)
-    if threads:
-        torch.set_num_threads(threads)
-    comparison_path = Path(opts.comparison) if opts.comparison is not None else None
-    if comparison_path is not None:
-        if comparison_path.suffix.lower() != ".png":
-            raise UsageError(f"--comparison {str(comparison_path)!r}: the comparison image is written as PNG",
-                             hint="give a file name ending in .png")
-        from .fileio import check_writable
+class _Evaluation:
+    """The stages of :func:`evaluate`, each readable alone; the state they share lives here."""
 
-        check_writable(comparison_path, overwrite=opts.overwrite)
-    if crop is not None and comparison_path is None:
-        raise UsageError("--crop chooses the region of the --comparison image", hint="add --comparison out.png")
+    def __init__(self, opts: EvalOptions, rep: Reporter):
+        self.opts, self.rep = opts, rep
+        self.t_start = time.monotonic()
+        self.notes: list[str] = []
+        self.grids: dict[int, dict[int, tuple]] = {}
+        self.win = 0
 
-    # ---- models
-    specs = list(opts.models or [])
-    teacher_index: int | None = None
-    if opts.teacher is not None:
-        for i, s in enumerate(specs):
-            if _same_file(s, opts.teacher):
-                teacher_index = i
-                break
-        if teacher_index is None:
-            specs.insert(0, opts.teacher)
+    def run(self) -> EvalReport:
+        self.check_options()
+        self.load_models()
+        self.resolve_scale()
+        self.load_datasets()
+        self.plan_outputs()
+        self.score()
+        self.relate_to_teacher()
+        bench_info = self.benchmark() if self.opts.benchmark else None
+        comparison = None
+        if self.comparison_path is not None:
+            comparison = _make_comparison(self.comparison_path, self.rows_spec, self.rows, self.datasets[0],
+                                          self.crop, self.grids, self.win, self.scale, self.device, self.tile,
+                                          self.opts, self.rep)
+        gate = self.quality_gate()
+        self.warn_below_bicubic()
+        for d in self.datasets:
+            d.pop("pairs", None)
+        opts = self.opts
+        return EvalReport(
+            scale=self.scale, crop_border=self.crop_border, y_channel=bool(opts.y_channel),
+            self_ensemble=bool(opts.self_ensemble), device=str(self.device), datasets=self.datasets, models=self.rows,
+            teacher=self.teacher_row.name if self.teacher_row else None, benchmark=bench_info, comparison=comparison,
+            saved_images=str(self.save_root) if self.save_root is not None else None, quality_gate=gate,
+            notes=self.notes, seconds=time.monotonic() - self.t_start, reference=opts.reference)
+
+    def check_options(self) -> None:
+        """Everything that can be checked before anything is loaded."""
+        opts = self.opts
+        self.crop = parse_crop(opts.crop) if opts.crop is not None else None
+        self.thresholds = parse_psnr_thresholds(opts.fail_under_psnr)
+        _check_int("--scale", opts.scale, 1)
+        _check_int("--crop-border", opts.crop_border, 0)
+        self.tile = parse_tile(opts.tile, allow_auto=False)
+        self.bench_size = _check_int("--bench-size", opts.bench_size, 1, allow_none=False, maximum=MAX_BENCH_SIZE)
+        self.repeats = _check_int("--repeats", opts.bench_repeats, 1, allow_none=False, maximum=10_000)
+        self.threads = _check_int("--threads", opts.threads, 1, maximum=4096)
+        self.deg = _check_reference_options(opts)
+        if not opts.data:
+            raise UsageError("no dataset given", hint="pass --data FOLDER (HR images, or an HR/ + LR_bicubic/ layout)")
+        for d in opts.data:
+            if not Path(d).exists():
+                raise UsageError(f"data folder {str(d)!r} does not exist")
+        self.device = resolve_device(opts.device)
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        self.comparison_path = Path(opts.comparison) if opts.comparison is not None else None
+        if self.comparison_path is not None:
+            if self.comparison_path.suffix.lower() != ".png":
+                raise UsageError(f"--comparison {str(self.comparison_path)!r}: the comparison image is written as PNG",
+                                 hint="give a file name ending in .png")
+            from .fileio import check_writable
+
+            check_writable(self.comparison_path, overwrite=opts.overwrite)
+        if self.crop is not None and self.comparison_path is None:
+            raise UsageError("--crop chooses the region of the --comparison image", hint="add --comparison out.png")
+
+    def load_models(self) -> None:
+        """The models as entries, the teacher (the first, or --teacher) first."""
+        opts = self.opts
+        specs = list(opts.models or [])
+        teacher_index: int | None = None
+        if opts.teacher is not None:
+            teacher_index = next((i for i, s in enumerate(specs) if _same_file(s, opts.teacher)), None)
+            if teacher_index is None:
+                specs.insert(0, opts.teacher)
+                teacher_index = 0
+        elif len(specs) >= 2:
             teacher_index = 0
-    elif len(specs) >= 2:
-        teacher_index = 0
-    if opts.reference == "teacher" and teacher_index is None:
-        raise UsageError("--reference teacher needs a teacher to compare with",
-                         hint="give the teacher as the first model, or pass --teacher FILE")
-    loaded = []
-    for s in specs:
-        model, path = _load(s, device, threads)
-        loaded.append((model, path))
-    names = _unique([_model_name(m, p) for m, p in loaded])
-    entries: list[_Entry] = []
-    for i, ((model, path), name) in enumerate(zip(loaded, names)):
-        role = "teacher" if i == teacher_index else "student"
-        entries.append(_Entry(name, model, role, _format_of(model), path))
-    if teacher_index is not None:  # the teacher comes first after the baseline
-        entries.insert(0, entries.pop(teacher_index))
+        if opts.reference == "teacher" and teacher_index is None:
+            raise UsageError("--reference teacher needs a teacher to compare with",
+                             hint="give the teacher as the first model, or pass --teacher FILE")
+        loaded = [_load(s, self.device, self.threads) for s in specs]
+        names = _unique([_model_name(m, p) for m, p in loaded])
+        entries = [_Entry(name, model, "teacher" if i == teacher_index else "student", _format_of(model), path)
+                   for i, ((model, path), name) in enumerate(zip(loaded, names))]
+        if teacher_index is not None:  # the teacher comes first after the baseline
+            entries.insert(0, entries.pop(teacher_index))
+        self.entries, self.has_teacher = entries, teacher_index is not None
 
-    # ---- scale
-    scales = {e.name: int(getattr(e.model, "scale", 0) or 0) for e in entries}
-    distinct = sorted(set(scales.values()))
-    if len(distinct) > 1:
-        listing = ", ".join(f"{n} x{s}" for n, s in scales.items())
-        raise UsageError(f"the models have different scales ({listing})", hint="evaluate models of one scale together")
-    model_scale = distinct[0] if distinct else None
-    if model_scale is not None and model_scale < 1:
-        raise UsageError(f"cannot tell the scale of {entries[0].name}", hint="pass --scale")
-    if opts.scale is not None:
-        if model_scale is not None and int(opts.scale) != model_scale:
-            raise UsageError(f"--scale {opts.scale} does not match the models' scale x{model_scale}")
-        scale = int(opts.scale)
-    elif model_scale is not None:
-        scale = model_scale
-    else:
-        raise UsageError("no model given, so the scale is unknown", hint="pass --scale to score the bicubic baseline alone")
-    crop_border = scale if opts.crop_border is None else int(opts.crop_border)
+    def resolve_scale(self) -> None:
+        opts, entries = self.opts, self.entries
+        scales = {e.name: int(getattr(e.model, "scale", 0) or 0) for e in entries}
+        distinct = sorted(set(scales.values()))
+        if len(distinct) > 1:
+            listing = ", ".join(f"{n} x{s}" for n, s in scales.items())
+            raise UsageError(f"the models have different scales ({listing})",
+                             hint="evaluate models of one scale together")
+        model_scale = distinct[0] if distinct else None
+        if model_scale is not None and model_scale < 1:
+            raise UsageError(f"cannot tell the scale of {entries[0].name}", hint="pass --scale")
+        if opts.scale is not None:
+            if model_scale is not None and int(opts.scale) != model_scale:
+                raise UsageError(f"--scale {opts.scale} does not match the models' scale x{model_scale}")
+            self.scale = int(opts.scale)
+        elif model_scale is not None:
+            self.scale = model_scale
+        else:
+            raise UsageError("no model given, so the scale is unknown",
+                             hint="pass --scale to score the bicubic baseline alone")
+        self.crop_border = self.scale if opts.crop_border is None else int(opts.crop_border)
 
-    # ---- datasets
-    ds_names = _unique([dataset_name(d) for d in opts.data])
-    teacher_entry = entries[0] if teacher_index is not None else None
-    datasets = [_load_dataset(d, name, scale, crop_border, opts, deg, teacher_entry, device, tile, rep)
-                for d, name in zip(opts.data, ds_names)]
-    unknown = [n for n in thresholds if n is not None and n not in ds_names]
-    if unknown:
-        raise UsageError(f"--fail-under-psnr names unknown dataset(s) {', '.join(map(repr, unknown))}",
-                         hint=f"datasets: {', '.join(ds_names)}")
-    if crop is not None:
-        first = datasets[0]["pairs"][0]
-        h, w = first.hr.shape[:2]
-        x, y, cw, ch = crop
-        if x + cw > w or y + ch > h:
-            raise UsageError(f"--crop {x},{y},{cw},{ch} does not fit in {datasets[0]['name']}/{first.name} "
-                             f"({w}x{h} HR pixels after cropping to a multiple of the scale)")
-
-    rows_spec: list[_Entry] = [_Entry("bicubic", BicubicBaseline(scale), "baseline", "bicubic")]
-    if any(e.name == "bicubic" for e in entries):
-        for e in entries:
+    def load_datasets(self) -> None:
+        opts = self.opts
+        ds_names = _unique([dataset_name(d) for d in opts.data])
+        teacher_entry = self.entries[0] if self.has_teacher else None
+        self.datasets = [_load_dataset(d, name, self.scale, self.crop_border, opts, self.deg, teacher_entry,
+                                       self.device, self.tile, self.rep) for d, name in zip(opts.data, ds_names)]
+        unknown = [n for n in self.thresholds if n is not None and n not in ds_names]
+        if unknown:
+            raise UsageError(f"--fail-under-psnr names unknown dataset(s) {', '.join(map(repr, unknown))}",
+                             hint=f"datasets: {', '.join(ds_names)}")
+        if self.crop is not None:
+            first = self.datasets[0]["pairs"][0]
+            h, w = first.hr.shape[:2]
+            x, y, cw, ch = self.crop
+            if x + cw > w or y + ch > h:
+                raise UsageError(f"--crop {x},{y},{cw},{ch} does not fit in {self.datasets[0]['name']}/{first.name} "
+                                 f"({w}x{h} HR pixels after cropping to a multiple of the scale)")
+        self.rows_spec: list[_Entry] = [_Entry("bicubic", BicubicBaseline(self.scale), "baseline", "bicubic")]
+        for e in self.entries:
             if e.name == "bicubic":
                 e.name = "bicubic (model)"
-    rows_spec += entries
+        self.rows_spec += self.entries
 
-    # ---- where outputs go (checked before any work)
-    save_root = Path(opts.save_images) if opts.save_images is not None else None
-    save_plan: dict[tuple[int, int], list[Path]] = {}
-    if save_root is not None:
-        if save_root.exists() and not save_root.is_dir():
-            raise UsageError(f"--save-images {str(save_root)!r} is a file, not a folder")
-        from .fileio import check_writable
+    def plan_outputs(self) -> None:
+        """Where --save-images outputs go (checked before any work), and the comparison window's size."""
+        opts = self.opts
+        self.save_root = Path(opts.save_images) if opts.save_images is not None else None
+        self.save_plan: dict[tuple[int, int], list[Path]] = {}
+        if self.save_root is not None:
+            if self.save_root.exists() and not self.save_root.is_dir():
+                raise UsageError(f"--save-images {str(self.save_root)!r} is a file, not a folder")
+            from .fileio import check_writable
 
-        dir_names = _unique([_safe_dir_name(r.name) for r in rows_spec])
-        ds_dirs = _unique([_safe_dir_name(d["name"]) for d in datasets])
-        for ri, dn in enumerate(dir_names):
-            for di, ds in enumerate(datasets):
-                stems = _unique([Path(p.name).stem for p in ds["pairs"]])
-                paths = [save_root / dn / ds_dirs[di] / f"{s}.png" for s in stems]
-                for p in paths:
-                    check_writable(p, overwrite=opts.overwrite)
-                save_plan[(ri, di)] = paths
+            dir_names = _unique([_safe_dir_name(r.name) for r in self.rows_spec])
+            ds_dirs = _unique([_safe_dir_name(d["name"]) for d in self.datasets])
+            for ri, dn in enumerate(dir_names):
+                for di, ds in enumerate(self.datasets):
+                    stems = _unique([Path(p.name).stem for p in ds["pairs"]])
+                    paths = [self.save_root / dn / ds_dirs[di] / f"{s}.png" for s in stems]
+                    for p in paths:
+                        check_writable(p, overwrite=opts.overwrite)
+                    self.save_plan[(ri, di)] = paths
+        self.auto_window = self.comparison_path is not None and self.crop is None
+        if self.auto_window:
+            inner = [min(p.hr.shape[0], p.hr.shape[1]) - 2 * self.crop_border for p in self.datasets[0]["pairs"]]
+            self.win = max(1, min(COMPARISON_WINDOW, min(inner)))
 
-    # ---- comparison window bookkeeping (first dataset)
-    auto_window = comparison_path is not None and crop is None
-    grids: dict[int, dict[int, tuple]] = {}
-    win = 0
-    if auto_window:
-        inner = [min(p.hr.shape[0], p.hr.shape[1]) - 2 * crop_border for p in datasets[0]["pairs"]]
-        win = max(1, min(COMPARISON_WINDOW, min(inner)))
+    def score(self) -> None:
+        self.rows: list[ModelRow] = []
+        for ri, e in enumerate(self.rows_spec):
+            params = getattr(e.model, "params", None)
+            row = ModelRow(name=e.name, role=e.role, format=e.format,
+                           architecture=str(getattr(e.model, "architecture", None) or type(e.model).__name__),
+                           path=e.path, params=int(params) if params is not None else None,
+                           self_ensemble=bool(self.opts.self_ensemble) and e.role != "baseline")
+            for di, ds in enumerate(self.datasets):
+                row.datasets[ds["name"]] = self.score_one(ri, e, row, di, ds)
+            self.rows.append(row)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
-    # ---- scoring
-    rows: list[ModelRow] = []
-    for ri, e in enumerate(rows_spec):
-        se = bool(opts.self_ensemble) and e.role != "baseline"
-        params = getattr(e.model, "params", None)
-        row = ModelRow(name=e.name, role=e.role, format=e.format,
-                       architecture=str(getattr(e.model, "architecture", None) or type(e.model).__name__),
-                       path=e.path, params=int(params) if params is not None else None, self_ensemble=se)
-        for di, ds in enumerate(datasets):
-            paths = save_plan.get((ri, di))
-            if opts.reference == "teacher" and e.role == "teacher":  # the reference itself: not run twice
-                for i, pair in enumerate(ds["pairs"] if paths is not None else []):
-                    save_png(paths[i], pair.hr, overwrite=opts.overwrite)
-                row.datasets[ds["name"]] = {"psnr": float("inf"), "ssim": 1.0, "delta_psnr": None, "images": [],
-                                            "reference": True}
-                continue
+    def score_one(self, ri: int, e: "_Entry", row: ModelRow, di: int, ds: dict) -> dict:
+        """One model on one dataset (saving outputs and comparison windows on the way)."""
+        from .report import save_png
 
-            def on_output(i, pair, sr, _di=di, _ri=ri, _paths=paths):
-                if _paths is not None:
-                    save_png(_paths[i], sr, overwrite=opts.overwrite)
-                if auto_window and _di == 0:
-                    h, w = sr.shape[:2]
-                    err = _error_map(sr, pair.hr[:h, :w], opts.y_channel)
-                    region = (crop_border, crop_border, h - crop_border, w - crop_border)
-                    grids.setdefault(_ri, {})[i] = _window_grid(err, win, region)
+        opts, paths = self.opts, self.save_plan.get((ri, di))
+        if opts.reference == "teacher" and e.role == "teacher":  # the reference itself: not run twice
+            for i, pair in enumerate(ds["pairs"] if paths is not None else []):
+                save_png(paths[i], pair.hr, overwrite=opts.overwrite)
+            return {"psnr": float("inf"), "ssim": 1.0, "delta_psnr": None, "images": [], "reference": True}
 
-            with rep.task(f"{e.name} on {ds['name']}", total=len(ds["pairs"])) as task:
-                res = score_pairs(e.model, ds["pairs"], scale, device=device, crop_border=crop_border,
-                                  y_channel=opts.y_channel, tile=tile if e.role != "baseline" else None,
-                                  self_ensemble=se, on_output=on_output, task=task)
-            row.datasets[ds["name"]] = {"psnr": res["psnr"], "ssim": res["ssim"], "delta_psnr": None,
-                                        "images": res["images"]}
-        rows.append(row)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        def on_output(i, pair, sr):
+            if paths is not None:
+                save_png(paths[i], sr, overwrite=opts.overwrite)
+            if self.auto_window and di == 0:
+                h, w = sr.shape[:2]
+                err = _error_map(sr, pair.hr[:h, :w], opts.y_channel)
+                region = (self.crop_border, self.crop_border, h - self.crop_border, w - self.crop_border)
+                self.grids.setdefault(ri, {})[i] = _window_grid(err, self.win, region)
 
-    teacher_row = next((r for r in rows if r.role == "teacher"), None)
-    for r in rows:
-        if teacher_row is None:
-            continue
-        for name, d in r.datasets.items():
-            if opts.reference == "teacher":
-                break  # the scores are already relative to the teacher
-            t = teacher_row.datasets[name]["psnr"]
-            delta = d["psnr"] - t
-            d["delta_psnr"] = None if math.isnan(delta) else delta
-        if r.role != "baseline" and teacher_row.params and r.params:
-            r.compression = teacher_row.params / r.params
+        with self.rep.task(f"{e.name} on {ds['name']}", total=len(ds["pairs"])) as task:
+            res = score_pairs(e.model, ds["pairs"], self.scale, device=self.device, crop_border=self.crop_border,
+                              y_channel=opts.y_channel, tile=self.tile if e.role != "baseline" else None,
+                              self_ensemble=row.self_ensemble, on_output=on_output, task=task)
+        return {"psnr": res["psnr"], "ssim": res["ssim"], "delta_psnr": None, "images": res["images"]}
 
-    # ---- efficiency
-    bench_info = None
-    notes: list[str] = []
-    if opts.benchmark:
-        with rep.task("benchmark", total=len(rows_spec)) as task:
-            for e, r in zip(rows_spec, rows):
-                fmt = e.format
-                b = benchmark(e.model, scale=scale, device=device, size=bench_size,
+    def relate_to_teacher(self) -> None:
+        """Delta PSNR and compression against the teacher row."""
+        self.teacher_row = t_row = next((r for r in self.rows if r.role == "teacher"), None)
+        if t_row is None:
+            return
+        for r in self.rows:
+            if self.opts.reference != "teacher":  # else the scores are already relative to the teacher
+                for name, d in r.datasets.items():
+                    delta = d["psnr"] - t_row.datasets[name]["psnr"]
+                    d["delta_psnr"] = None if math.isnan(delta) else delta
+            if r.role != "baseline" and t_row.params and r.params:
+                r.compression = t_row.params / r.params
+
+    def benchmark(self) -> dict:
+        from .report import benchmark
+
+        dev, size, repeats = self.device, self.bench_size, self.repeats
+        with self.rep.task("benchmark", total=len(self.rows_spec)) as task:
+            for e, r in zip(self.rows_spec, self.rows):
+                b = benchmark(e.model, scale=self.scale, device=dev, size=size,
                               min_size=int(getattr(e.model, "min_size", 0) or 0),
                               multiple_of=int(getattr(e.model, "multiple_of", 1) or 1),
                               channels=int(getattr(e.model, "input_channels", 3) or 3),
-                              warmup=2 if device.type == "cuda" else 1, repeats=repeats,
-                              macs=fmt not in ("onnx", "bicubic"), memory=fmt != "onnx")
+                              warmup=2 if dev.type == "cuda" else 1, repeats=repeats,
+                              macs=e.format not in ("onnx", "bicubic"), memory=e.format != "onnx")
                 r.benchmark = b.to_dict()
-                r.latency_ms_per_mp = b.latency_ms_per_mp
-                r.peak_memory_mib = b.peak_memory_mib
-                r.macs_per_mp = b.macs_per_mp
+                r.latency_ms_per_mp, r.peak_memory_mib, r.macs_per_mp = b.latency_ms_per_mp, b.peak_memory_mib, \
+                    b.macs_per_mp
                 for n in b.notes:
-                    rep.warn(f"{e.name}: {n}")
+                    self.rep.warn(f"{e.name}: {n}")
                 task.advance(1)
-        bench_info = {
-            "input": f"1x3x{bench_size}x{bench_size} LR (raised to a model's size requirements)",
-            "output_megapixels": (bench_size * scale) ** 2 / 1e6,
+        if dev.type != "cuda":
+            self.notes.append("peak memory is reported on CUDA only")
+        return {
+            "input": f"1x3x{size}x{size} LR (raised to a model's size requirements)",
+            "output_megapixels": (size * self.scale) ** 2 / 1e6,
             "latency": f"median ms per output megapixel over up to {repeats} timed runs after warm-up, "
-                       f"on {device}" + (" (CUDA synchronised)" if device.type == "cuda" else ""),
+                       f"on {dev}" + (" (CUDA synchronised)" if dev.type == "cuda" else ""),
             "memory": ("extra CUDA memory allocated during one run (torch.cuda.max_memory_allocated; "
-                       "weights and input excluded; not measurable for ONNX)") if device.type == "cuda" else
+                       "weights and input excluded; not measurable for ONNX)") if dev.type == "cuda" else
                       "not measured on the CPU (a process's peak RSS cannot be attributed to one model)",
             "macs": "multiply-accumulates per output megapixel counted by torch.utils.flop_counter."
                     "FlopCounterMode (convolutions and matrix products; None for ONNX and bicubic)",
             "self_ensemble": "latency, memory and MACs are for one forward pass; x8 self-ensemble costs 8 times "
-                             "as much" if opts.self_ensemble else None,
+                             "as much" if self.opts.self_ensemble else None,
         }
-        if device.type != "cuda":
-            notes.append("peak memory is reported on CUDA only")
 
-    # ---- comparison image
-    comparison = None
-    if comparison_path is not None:
-        comparison = _make_comparison(comparison_path, rows_spec, rows, datasets[0], crop, grids, win, scale,
-                                      device, tile, opts, rep)
-
-    # ---- quality gate
-    gate = None
-    if thresholds:
-        gated = [r for r in rows if r.role == "student"]
+    def quality_gate(self) -> dict | None:
+        if not self.thresholds:
+            return None
+        gated = [r for r in self.rows if r.role == "student"]
         failures = []
         for r in gated:
-            for ds in datasets:
-                thr = thresholds.get(ds["name"], thresholds.get(None))
+            for ds in self.datasets:
+                thr = self.thresholds.get(ds["name"], self.thresholds.get(None))
                 if thr is None:
                     continue
                 v = r.datasets[ds["name"]]["psnr"]
                 if math.isnan(v) or v < thr:
                     failures.append({"model": r.name, "dataset": ds["name"], "psnr": v, "threshold": thr})
-        gate = {"thresholds": {(k if k is not None else "*"): v for k, v in thresholds.items()},
-                "models": [r.name for r in gated], "passed": not failures, "failures": failures}
         if not gated:
-            rep.warn("--fail-under-psnr: no student to check (the only model is the teacher)")
-            notes.append("quality gate: no student model to check")
+            self.rep.warn("--fail-under-psnr: no student to check (the only model is the teacher)")
+            self.notes.append("quality gate: no student model to check")
+        return {"thresholds": {(k if k is not None else "*"): v for k, v in self.thresholds.items()},
+                "models": [r.name for r in gated], "passed": not failures, "failures": failures}
 
-    base = next((r for r in rows if r.role == "baseline"), None)
-    if base is not None:
-        for r in rows:
-            if r.role != "student":
-                continue
-            for ds in datasets:
+    def warn_below_bicubic(self) -> None:
+        base = next((r for r in self.rows if r.role == "baseline"), None)
+        if base is None:
+            return
+        for r in (r for r in self.rows if r.role == "student"):
+            for ds in self.datasets:
                 v, b = r.datasets[ds["name"]]["psnr"], base.datasets[ds["name"]]["psnr"]
                 if v < b:
                     msg = (f"{r.name} scores below bicubic on {ds['name']} ({v:.2f} < {b:.2f} dB): "
                            "it is undertrained; distill with more --steps or data")
-                    rep.warn(msg)
-                    notes.append(msg)
-    for d in datasets:
-        d.pop("pairs", None)
-    return EvalReport(
-        scale=scale, crop_border=crop_border, y_channel=bool(opts.y_channel), self_ensemble=bool(opts.self_ensemble),
-        device=str(device), datasets=datasets, models=rows, teacher=teacher_row.name if teacher_row else None,
-        benchmark=bench_info, comparison=comparison, saved_images=str(save_root) if save_root is not None else None,
-        quality_gate=gate, notes=notes, seconds=time.monotonic() - t_start, reference=opts.reference,
-    )
+                    self.rep.warn(msg)
+                    self.notes.append(msg)
 
 
 def _check_reference_options(opts: EvalOptions):
@@ -788,117 +564,3 @@ def _load_dataset(d: Any, name: str, scale: int, crop_border: int, opts: EvalOpt
                              "(SSIM needs 11x11 pixels)")
     return {"name": name, "path": str(d), "images": len(pairs), "skipped": skipped, "lr": lr_desc,
             "pairs": pairs}
-
-
-def _window_grid(err: np.ndarray, win: int, region: tuple[int, int, int, int]):
-    from .report import window_mse
-
-    y0, x0, y1, x1 = region
-    wh, ww = min(win, y1 - y0), min(win, x1 - x0)
-    if wh < 1 or ww < 1:
-        return None
-    return window_mse(err, (wh, ww), max(1, min(wh, ww) // 4), region), (wh, ww)
-
-
-#: A window's teacher-student gap counts as representative within this many dB of the mean gap.
-COMPARISON_GAP_TOLERANCE = 0.5
-
-
-def _representative_crop(rows: list[ModelRow], ds: dict, grids: dict, pairs) -> tuple:
-    """The crop a reader should see: among windows whose gap between the first model (the teacher)
-    and the last one (the student) is within COMPARISON_GAP_TOLERANCE of that gap over the whole
-    dataset, the one where the first model gains most over bicubic. Not the window where the
-    student fails worst, which says nothing about the student on average."""
-    base = [i for i, r in enumerate(rows) if r.role == "baseline"]
-    models_idx = [i for i, r in enumerate(rows) if r.role != "baseline"]
-    if not base or not models_idx:
-        compare, mean_gap = list(range(len(rows)))[:1], None
-    elif len(models_idx) >= 2:
-        t, s_ = models_idx[0], models_idx[-1]
-        compare = [t, base[0], s_]
-        name = ds["name"]
-        mean_gap = rows[t].datasets[name]["psnr"] - rows[s_].datasets[name]["psnr"]
-        if not math.isfinite(mean_gap):
-            mean_gap = None
-    else:
-        compare, mean_gap = [models_idx[0], base[0]], None
-    best = None
-    for i in range(len(pairs)):
-        cells = [grids.get(r, {}).get(i) for r in compare]
-        if any(c is None for c in cells):
-            continue
-        (ys, xs, _), (wh, ww) = cells[0]
-        stack = np.stack([_psnr_from_mse(c[0][2], COMPARISON_MSE_FLOOR) for c in cells])
-        if len(compare) == 1:
-            score = -stack[0]
-        else:
-            score = stack[0] - stack[1]  # the teacher's gain over bicubic
-            if mean_gap is not None:  # far from the typical teacher-student gap: ranked last
-                gap = (_psnr_from_mse(cells[0][0][2], COMPARISON_GAP_MSE_FLOOR)
-                       - _psnr_from_mse(cells[2][0][2], COMPARISON_GAP_MSE_FLOOR))
-                off = np.abs(gap - mean_gap) - COMPARISON_GAP_TOLERANCE
-                score = np.where(off <= 0, score, -1e6 - off)
-        k = int(np.argmax(score))
-        a, b = divmod(k, score.shape[1])
-        val = float(score[a, b])
-        if best is None or val > best[0]:
-            best = (val, i, int(xs[b]), int(ys[a]), ww, wh)
-    if best is None:  # images too small for a window inside the border: the whole image
-        h, w = pairs[0].hr.shape[:2]
-        best = (0.0, 0, 0, 0, w, h)
-    _, i, x, y, cw, ch = best
-    if len(compare) == 1:
-        how = "lowest bicubic PSNR"
-    elif mean_gap is None:
-        how = f"largest gain of {rows[compare[0]].name} over bicubic"
-    else:
-        how = (f"largest gain of {rows[compare[0]].name} over bicubic among windows where its lead over "
-               f"{rows[compare[2]].name} is within {COMPARISON_GAP_TOLERANCE} dB of the mean ({mean_gap:.2f} dB)")
-    return i, x, y, cw, ch, how
-
-
-def _make_comparison(path: Path, rows_spec: list[_Entry], rows: list[ModelRow], ds: dict,
-                     crop: tuple[int, int, int, int] | None, grids: dict, win: int, scale: int,
-                     device: torch.device, tile: int | None, opts: EvalOptions, rep: Reporter) -> dict:
-    from .report import comparison_grid, save_png
-
-    pairs = ds["pairs"]
-    to_teacher = opts.reference == "teacher"
-    if crop is not None:
-        img_index, (x, y, cw, ch) = 0, crop
-        how = "given (--crop)"
-    elif to_teacher:  # the teacher row is the reference: pick where bicubic is farthest from it
-        img_index, x, y, cw, ch, how = _representative_crop(rows[:1], ds, grids, pairs)
-        how = "where bicubic is farthest from the teacher"
-    else:
-        img_index, x, y, cw, ch, how = _representative_crop(rows, ds, grids, pairs)
-    pair = pairs[img_index]
-    hr_crop = pair.hr[y:y + ch, x:x + cw]
-    panels = []
-    psnrs: dict[str, float] = {}
-    if to_teacher:  # input | teacher | students
-        lr = pair.lr.permute(1, 2, 0).numpy()
-        inp = np.repeat(np.repeat(lr, scale, 0), scale, 1)[y:y + ch, x:x + cw]
-        panels.append(("input", inp, f"{pair.name} {x},{y} {cw}x{ch}"))
-        panels.append((next(r.name for r in rows if r.role == "teacher") + " (teacher)", hr_crop, "reference"))
-    with rep.task("comparison image", total=len(rows)) as task:
-        for e, r in zip(rows_spec, rows):
-            if to_teacher and r.role != "student":
-                task.advance(1)
-                continue
-            sr = to_uint8(run_sr(e.model, pair.lr, scale, device=device,
-                                 tile=tile if e.role != "baseline" else None, self_ensemble=r.self_ensemble))
-            c = sr[y:y + ch, x:x + cw]
-            v = psnr(c, hr_crop, 0, test_y_channel=opts.y_channel)
-            psnrs[r.name] = v
-            label = r.name + ("+" if r.self_ensemble else "")
-            if r.role == "teacher":
-                label += " (teacher)"
-            panels.append((label, c, f"{v:.2f} dB" if math.isfinite(v) else "inf dB (identical)"))
-            task.advance(1)
-    if not to_teacher:
-        panels.append(("HR", hr_crop, f"{pair.name} {x},{y} {cw}x{ch}"))
-    save_png(path, comparison_grid(panels), overwrite=opts.overwrite)
-    return {"path": str(path), "dataset": ds["name"], "image": pair.name, "crop": [x, y, cw, ch],
-            "chosen": how, "psnr": psnrs,
-            "panels": [p[0] for p in panels]}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,10 +251,18 @@ def _elem_name(t: int) -> str:
         return str(t)
 
 
+#: file suffix -> loader of a runnable model: the one table ``upscale`` and ``eval`` pick backends from.
+#: A new format (TensorRT, OpenVINO, CoreML) adds its export module under ``srdistill/export/`` and
+#: its runnable (call on NCHW float in [0, 1], ``scale``, ``min_size``, ``multiple_of``,
+#: ``static_size``, ``input_channels``) here. Anything else loads as a PyTorch checkpoint.
+RUNNABLE_LOADERS: dict[str, Any] = {".onnx": load_onnx}
+
+
 def load_any(path: str | os.PathLike, *, device: str = "cpu", threads: int | None = None):
-    """An SRModel for checkpoints, an OnnxModel for ``.onnx`` files."""
-    if str(path).lower().endswith(".onnx"):
-        return load_onnx(path, device=device, threads=threads)
+    """A runnable for ``path``: its format's loader from :data:`RUNNABLE_LOADERS`, else an SRModel."""
+    loader = RUNNABLE_LOADERS.get(Path(path).suffix.lower())
+    if loader is not None:
+        return loader(path, device=device, threads=threads)
     from .models.loading import load_model
 
     return load_model(path, device=device)

@@ -58,28 +58,23 @@ __all__ = [
 
 def run_sr(model, lr_u8: torch.Tensor, scale: int, *, device: torch.device | str = "cpu",
            tile: int | None = None, self_ensemble: bool = False) -> torch.Tensor:
-    """uint8 C x h x w LR -> float 1 x C x H x W SR output (clamped to [0, 1]) on the CPU."""
-    from .tiling import upscale_tensor
+    """uint8 C x h x w LR -> float 1 x C x H x W SR output (clamped to [0, 1]) on the CPU.
 
-    x = lr_u8.to(device=device, dtype=torch.float32).unsqueeze(0) / 255.0
-    min_size = getattr(model, "min_size", 0)
-    mult = getattr(model, "multiple_of", 1)
+    The model runs through :class:`srdistill.runner.Runner`, so its size requirements (minimum,
+    multiple, square, a fixed ONNX size) are met as in ``upscale``."""
+    from .runner import Runner
 
-    def fn(t: torch.Tensor) -> torch.Tensor:
-        return model(t)
-
-    def once(t: torch.Tensor) -> torch.Tensor:
-        return upscale_tensor(fn, t, scale, tile=tile, min_size=min_size, multiple_of=mult)
-
+    runner = Runner(model, device=None if hasattr(model, "session") else device, tile=tile, scale=scale)
+    x = lr_u8.to(dtype=torch.float32).unsqueeze(0) / 255.0
     with torch.no_grad():
         if not self_ensemble:
-            y = once(x)
+            y = runner.sr(x)
         else:
             from .data.datasets import augment, unaugment
 
             acc = None
             for code in range(8):
-                out = unaugment(once(augment(x, code)), code)
+                out = unaugment(runner.sr(augment(x, code)), code)
                 acc = out if acc is None else acc + out
             y = acc / 8
     return y.clamp(0, 1).float().cpu()

@@ -42,7 +42,7 @@ from .data.images import (
 from .devices import resolve_device
 from .errors import ModelLoadError, OutputExistsError, SrDistillError, UnsupportedModelError, UsageError
 from .progress import NULL, Reporter, Task
-from .tiling import auto_tile, initial_tile_size, pad_bottom_right, upscale_tensor
+from .runner import Runner
 from .tiling import parse_tile as _parse_tile
 
 __all__ = [
@@ -326,87 +326,8 @@ def load_upscale_model(path: str | os.PathLike | None = None, *, backend: str = 
 # --------------------------------------------------------------------------- one image
 
 
-class _Runner:
-    """Runs one model over images: the tiling plan, the tile that worked, the device."""
-
-    def __init__(self, model: Any, *, device: Any = None, tile: Any = "auto", overlap: int = 16,
-                 reporter: Reporter | None = None):
-        self.model = model
-        self.scale = int(model.scale)
-        self.rep = reporter or NULL
-        self.tile = parse_tile(tile)
-        self.overlap = int(overlap)
-        self.min_size = int(getattr(model, "min_size", 0) or 0)
-        self.multiple_of = int(getattr(model, "multiple_of", 1) or 1)
-        self.square = bool(getattr(model, "square", False))
-        self.onnx = hasattr(model, "session")
-        if device is None and not self.onnx:
-            device = getattr(model, "device", None)
-        self.device = None if self.onnx else (torch.device(device) if device is not None else None)
-        self._learned: Any = _UNSET  # the tile ``auto`` settled on after running out of memory
-        self.last_tile: Any = None
-        self.static = tuple(getattr(model, "static_size", None) or ()) or None
-        fn = self._call
-        if int(getattr(model, "input_channels", 3) or 3) == 1:
-            fn = self._per_channel
-        if self.static:
-            self._plan_static()
-            inner = fn
-            sh, sw = self.static
-
-            def fn(x: torch.Tensor) -> torch.Tensor:  # noqa: F811 - pad every tile to the fixed size
-                h, w = x.shape[-2:]
-                y = inner(_pad_to(x, sh, sw))
-                return y[..., : h * self.scale, : w * self.scale]
-
-        self.fn = fn
-
-    def _plan_static(self) -> None:
-        """A fixed-size ONNX model sees tiles of exactly that size: core + context <= size."""
-        sh, sw = self.static
-        side = min(sh, sw)
-        overlap = min(self.overlap, side // 4)
-        core = side - 2 * overlap
-        if isinstance(self.tile, int) and self.tile < core:
-            core = self.tile
-        if overlap < self.overlap:
-            self.rep.warn(f"the model takes fixed {sw}x{sh} inputs: tile overlap reduced to {overlap}px "
-                          f"(from {self.overlap})")
-        if self.tile is None:
-            self.rep.info(f"the model takes fixed {sw}x{sh} inputs: larger images are tiled anyway")
-        self.tile, self.overlap = core, overlap
-        # the padding to the fixed size happens in ``fn``; the engine must not pad further
-        self.min_size, self.multiple_of, self.square = 0, 1, False
-
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
-        try:
-            return self.model(x)
-        except Exception as e:
-            if self.onnx and not isinstance(e, MemoryError) and "allocat" in str(e).lower():
-                raise MemoryError(" ".join(str(e).split())[:200]) from e  # onnxruntime's OOM -> retry smaller
-            raise
-
-    def _per_channel(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self._call(x[:, i : i + 1]) for i in range(x.shape[1])], dim=1)
-
-    def sr(self, x: torch.Tensor, reporter: Reporter | None = None) -> torch.Tensor:
-        """(1, C, H, W) float32 on the CPU -> (1, C', H*scale, W*scale) float32 on the CPU."""
-        rep = reporter or self.rep
-        kw = dict(overlap=self.overlap, min_size=self.min_size, multiple_of=self.multiple_of, square=self.square,
-                  reporter=rep, device=self.device, out_device="cpu")
-        if self.tile != "auto":
-            self.last_tile = self.tile
-            return upscale_tensor(self.fn, x, self.scale, tile=self.tile, **kw)
-        if self._learned is _UNSET:
-            guess = initial_tile_size(x, self.scale, device=self.device)
-            y, used = auto_tile(self.fn, x, self.scale, initial=guess, **kw)
-            if used != guess:  # ran out of memory: start from what worked next time
-                self._learned = used
-        else:
-            y, used = auto_tile(self.fn, x, self.scale, initial=self._learned, **kw)
-            self._learned = used
-        self.last_tile = used
-        return y
+class _Runner(Runner):
+    """The runner plus what upscale adds: output size, alpha."""
 
     def image(self, image: Image, *, outscale: float | None = None, alpha: str = "bicubic",
               reporter: Reporter | None = None) -> Image:
@@ -433,18 +354,6 @@ class _Runner:
                 ya = imresize(at, size=(oh, ow))
             a = ya.clamp_(0.0, 1.0)
         return image.with_pixels(y, alpha=a)
-
-
-_UNSET = object()
-
-
-def _pad_to(x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
-    """Pad (N,C,h,w) on the bottom/right to exactly (th, tw)."""
-    h, w = x.shape[-2:]
-    ph, pw = th - h, tw - w
-    if ph < 0 or pw < 0:
-        raise SrDistillError(f"internal error: a {w}x{h} tile does not fit the model's fixed {tw}x{th} input")
-    return pad_bottom_right(x, th, tw)
 
 
 MAX_OUTSCALE = 16

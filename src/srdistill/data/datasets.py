@@ -201,21 +201,20 @@ def load_train_images(folders: list[str | Path] | None, scale: int, patch_size: 
 
 
 def teacher_output(teacher_fn: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor, scale: int, *,
-                   device: torch.device, tile: int | None = 256, overlap: int = 16, min_size: int = 0,
-                   multiple_of: int = 1) -> torch.Tensor:
-    """The teacher's output on one whole uint8 LR image (tiled), as uint8 (within 0.5/255)."""
-    from ..tiling import upscale_tensor
+                   device: torch.device, tile: int | None = 256, overlap: int = 16) -> torch.Tensor:
+    """The teacher's output on one whole uint8 LR image (tiled through :class:`srdistill.runner.Runner`,
+    which meets the teacher's size requirements), as uint8 (within 0.5/255)."""
+    from ..runner import Runner
 
-    x = lr.to(device=device, dtype=torch.float32).unsqueeze(0) / 255.0
+    x = lr.to(dtype=torch.float32).unsqueeze(0) / 255.0
     with torch.no_grad():
-        y = upscale_tensor(teacher_fn, x, scale, tile=tile, overlap=overlap, min_size=min_size,
-                           multiple_of=multiple_of)
+        y = Runner(teacher_fn, device=device, tile=tile, overlap=overlap, scale=scale).sr(x)
     return torch.round(y[0].clamp(0, 1) * 255).to(torch.uint8).cpu().contiguous()
 
 
 def fill_teacher_cache(images: list[TrainImage], teacher_fn: Callable[[torch.Tensor], torch.Tensor], scale: int,
-                       *, device: torch.device, tile: int | None = 256, overlap: int = 16, min_size: int = 0,
-                       multiple_of: int = 1, reporter: Reporter = NULL, cache_dir: str | Path | None = None,
+                       *, device: torch.device, tile: int | None = 256, overlap: int = 16,
+                       reporter: Reporter = NULL, cache_dir: str | Path | None = None,
                        teacher_key: str = "") -> dict:
     """Run the teacher once per whole LR image (tiled) and keep its output as uint8.
 
@@ -252,8 +251,7 @@ def fill_teacher_cache(images: list[TrainImage], teacher_fn: Callable[[torch.Ten
                             continue
                     except (OSError, ValueError):
                         pass  # unreadable entry: recompute and replace it
-            img.target = teacher_output(teacher_fn, img.lr, scale, device=device, tile=tile, overlap=overlap,
-                                        min_size=min_size, multiple_of=multiple_of)
+            img.target = teacher_output(teacher_fn, img.lr, scale, device=device, tile=tile, overlap=overlap)
             if path is not None:
                 with atomic_path(path, overwrite=True) as tmp:
                     with open(tmp, "wb") as f:

@@ -228,8 +228,7 @@ def _build_one(folder: Path, i: int, path: Path, lr_path: Path | None, req: Pack
         e: dict[str, Any] = {"lr": list(lr.shape), "weight": w}
         _save(items / f"{i:07d}.{k}.lr.npy", lr)
         if teacher is not None:
-            tg = teacher_output(teacher, lr, req.scale, device=device, tile=req.tile,
-                                min_size=teacher.min_size, multiple_of=teacher.multiple_of)
+            tg = teacher_output(teacher, lr, req.scale, device=device, tile=req.tile)
             _save(items / f"{i:07d}.{k}.tg.npy", tg)
             e["target"] = list(tg.shape)
         rec["inputs"].append(e)

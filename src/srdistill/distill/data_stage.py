@@ -110,8 +110,7 @@ def _fill_cache(cfg, images, teacher, device, rep: Reporter, cache_info: dict) -
     from ..data.datasets import fill_teacher_cache
 
     t0 = time.monotonic()
-    fill = fill_teacher_cache(images, teacher, teacher.scale, device=device, tile=cfg.cache_tile,
-                              min_size=teacher.min_size, multiple_of=teacher.multiple_of, reporter=rep,
+    fill = fill_teacher_cache(images, teacher, teacher.scale, device=device, tile=cfg.cache_tile, reporter=rep,
                               cache_dir=cfg.teacher_cache_dir, teacher_key=teacher.sha256 or "")
     qerr = fill["max_quantization_error"]
     cache_info.update(seconds=round(time.monotonic() - t0, 3),
@@ -162,8 +161,7 @@ def _upcycle(cfg, images, teacher, device, rep: Reporter, cache_info: dict, samp
     if not up:
         raise UsageError("--upcycle: no image is large enough for a zoom-in or zoom-out input",
                          hint="lower --patch-size or drop --upcycle")
-    fill = fill_teacher_cache(up, teacher, teacher.scale, device=device, tile=cfg.cache_tile,
-                              min_size=teacher.min_size, multiple_of=teacher.multiple_of, reporter=rep,
+    fill = fill_teacher_cache(up, teacher, teacher.scale, device=device, tile=cfg.cache_tile, reporter=rep,
                               cache_dir=Path(cfg.pack) / "upcycled" if cfg.pack else None,
                               teacher_key=teacher.sha256 or "")
     label_with_targets(up)

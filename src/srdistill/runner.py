@@ -1,0 +1,138 @@
+"""One adapter from any runnable model to a tiled function, and the size contract models state.
+
+A runnable is anything called on an N x C x H x W float tensor in [0, 1] that returns the
+upscaled tensor: :class:`srdistill.models.loading.SRModel`, :class:`srdistill.onnx_model.OnnxModel`,
+or a function. What it needs of its input is one :class:`SizeRequirements` value (minimum side,
+multiple of, square, a fixed static size), read by :func:`size_requirements` from the model's
+attributes (``min_size``, ``multiple_of``, ``square``, ``static_size``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import SrDistillError
+from .progress import NULL, Reporter
+from .tiling import auto_tile, initial_tile_size, pad_bottom_right, parse_tile, upscale_tensor
+
+
+@dataclass(frozen=True)
+class SizeRequirements:
+    minimum: int = 0  # smallest side the model accepts (inputs are padded up to it)
+    multiple_of: int = 1  # sides must be multiples of this (padded up)
+    square: bool = False  # height must equal width (padded)
+    static: tuple[int, int] | None = None  # the model takes exactly this (height, width): tiles of that size
+
+
+def size_requirements(model: Any) -> SizeRequirements:
+    """The :class:`SizeRequirements` a runnable states through its attributes (none for a function)."""
+    static = tuple(getattr(model, "static_size", None) or ()) or None
+    return SizeRequirements(int(getattr(model, "min_size", 0) or 0), int(getattr(model, "multiple_of", 1) or 1),
+                            bool(getattr(model, "square", False)), static)
+
+
+class Runner:
+    """Any runnable (an SRModel, an OnnxModel, a function with ``scale``) as one tiled function.
+
+    The model's :class:`SizeRequirements` are honoured wherever it runs: padded to its minimum,
+    multiple and squareness, and a fixed-size model sees tiles of exactly its size. ``upscale``,
+    ``eval``, validation and the teacher cache all run models through this."""
+
+    def __init__(self, model: Any, *, device: Any = None, tile: Any = "auto", overlap: int = 16,
+                 reporter: Reporter | None = None, scale: int | None = None):
+        self.model = model
+        self.scale = int(scale if scale is not None else model.scale)
+        self.rep = reporter or NULL
+        self.tile = parse_tile(tile)
+        self.overlap = int(overlap)
+        req = size_requirements(model)
+        self.min_size, self.multiple_of, self.square = req.minimum, req.multiple_of, req.square
+        self.onnx = hasattr(model, "session")
+        if device is None and not self.onnx:
+            device = getattr(model, "device", None)
+        self.device = None if self.onnx else (torch.device(device) if device is not None else None)
+        self._learned: Any = _UNSET  # the tile ``auto`` settled on after running out of memory
+        self.last_tile: Any = None
+        self.static = req.static
+        fn = self._call
+        if int(getattr(model, "input_channels", 3) or 3) == 1:
+            fn = self._per_channel
+        if self.static:
+            self._plan_static()
+            inner = fn
+            sh, sw = self.static
+
+            def fn(x: torch.Tensor) -> torch.Tensor:  # noqa: F811 - pad every tile to the fixed size
+                h, w = x.shape[-2:]
+                y = inner(_pad_to(x, sh, sw))
+                return y[..., : h * self.scale, : w * self.scale]
+
+        self.fn = fn
+
+    def _plan_static(self) -> None:
+        """A fixed-size ONNX model sees tiles of exactly that size: core + context <= size."""
+        sh, sw = self.static
+        side = min(sh, sw)
+        overlap = min(self.overlap, side // 4)
+        core = side - 2 * overlap
+        if isinstance(self.tile, int) and self.tile < core:
+            core = self.tile
+        if overlap < self.overlap:
+            self.rep.warn(f"the model takes fixed {sw}x{sh} inputs: tile overlap reduced to {overlap}px "
+                          f"(from {self.overlap})")
+        if self.tile is None:
+            self.rep.info(f"the model takes fixed {sw}x{sh} inputs: larger images are tiled anyway")
+        self.tile, self.overlap = core, overlap
+        # the padding to the fixed size happens in ``fn``; the engine must not pad further
+        self.min_size, self.multiple_of, self.square = 0, 1, False
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.model(x)
+        except Exception as e:
+            if self.onnx and not isinstance(e, MemoryError) and "allocat" in str(e).lower():
+                raise MemoryError(" ".join(str(e).split())[:200]) from e  # onnxruntime's OOM -> retry smaller
+            raise
+
+    def _per_channel(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self._call(x[:, i : i + 1]) for i in range(x.shape[1])], dim=1)
+
+    def sr(self, x: torch.Tensor, reporter: Reporter | None = None) -> torch.Tensor:
+        """(1, C, H, W) float32 on the CPU -> (1, C', H*scale, W*scale) float32 on the CPU."""
+        rep = reporter or self.rep
+        kw = dict(overlap=self.overlap, min_size=self.min_size, multiple_of=self.multiple_of, square=self.square,
+                  reporter=rep, device=self.device, out_device="cpu")
+        if self.tile != "auto":
+            self.last_tile = self.tile
+            return upscale_tensor(self.fn, x, self.scale, tile=self.tile, **kw)
+        if self._learned is _UNSET:
+            guess = initial_tile_size(x, self.scale, device=self.device)
+            y, used = auto_tile(self.fn, x, self.scale, initial=guess, **kw)
+            if used != guess:  # ran out of memory: start from what worked next time
+                self._learned = used
+        else:
+            y, used = auto_tile(self.fn, x, self.scale, initial=self._learned, **kw)
+            self._learned = used
+        self.last_tile = used
+        return y
+
+
+_UNSET = object()
+
+
+def _pad_to(x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
+    """Pad (N,C,h,w) on the bottom/right to exactly (th, tw)."""
+    h, w = x.shape[-2:]
+    ph, pw = th - h, tw - w
+    if ph < 0 or pw < 0:
+        raise SrDistillError(f"internal error: a {w}x{h} tile does not fit the model's fixed {tw}x{th} input")
+    return pad_bottom_right(x, th, tw)
+
+
+def run_tiled(model: Any, x: torch.Tensor, *, device: Any = None, tile: Any = None, overlap: int = 16,
+              scale: int | None = None) -> torch.Tensor:
+    """``model`` on ``x`` (1 x C x H x W float, CPU) through a :class:`Runner`; float32 output on the CPU."""
+    return Runner(model, device=device, tile=tile, overlap=overlap, scale=scale).sr(x)

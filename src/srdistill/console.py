@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import signal
@@ -100,21 +99,9 @@ def stderr_console() -> Console:
 
 
 def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, float):
-        if math.isnan(obj):
-            return None
-        if math.isinf(obj):
-            return "inf" if obj > 0 else "-inf"
-        return obj
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if hasattr(obj, "to_dict"):
-        return _jsonable(obj.to_dict())
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    return obj
+    from .metadata import json_safe
+
+    return json_safe(obj, nonfinite="string")
 
 
 def print_json(doc: Any) -> None:

@@ -35,7 +35,7 @@ import torch
 from .devices import resolve_device
 from .tiling import parse_tile
 from .errors import SrDistillError, UsageError
-from .metrics import psnr, ssim, to_uint8
+from .metrics import psnr, quantize_u8, ssim, to_uint8
 from .progress import NULL, Reporter, Task
 from .eval_report import (MAX_BENCH_SIZE, EvalOptions, EvalReport, ModelRow, _check_int,  # noqa: F401
                           dataset_name, parse_crop, parse_psnr_thresholds)
@@ -141,7 +141,7 @@ class BicubicBaseline:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         from .data.resize import imresize_uint8
 
-        u8 = torch.round(x.detach().clamp(0, 1) * 255).to(torch.uint8)
+        u8 = quantize_u8(x.detach())
         return imresize_uint8(u8, scale=self.scale).to(torch.float32) / 255.0
 
 

@@ -37,14 +37,9 @@ class ModelInfo:
 
 def _plain(v: Any) -> Any:
     """JSON-safe hyperparameters: spandrel keeps some as callables/classes (RCAN's ``conv``, SwinIR's ``norm_layer``)."""
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    name = getattr(v, "__qualname__", None) or getattr(v, "__name__", None)
-    return name if isinstance(name, str) else str(v)
+    from .metadata import json_safe
+
+    return json_safe(v)
 
 
 def model_info(path: str | os.PathLike) -> ModelInfo:

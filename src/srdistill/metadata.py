@@ -1,8 +1,11 @@
-"""Reading srdistill's own metadata entries from untrusted files (no torch import: ``info`` on ONNX is fast)."""
+"""JSON values in and out: srdistill's metadata entries read from untrusted files, and the one helper
+that makes any result, config or hyperparameter JSON-safe (no torch import: ``info`` on ONNX is fast)."""
 
 from __future__ import annotations
 
 import json
+import math
+import os
 from typing import Any
 
 # srdistill.* entries whose value must be a JSON object: a file that says otherwise (edited, damaged,
@@ -36,3 +39,28 @@ def metadata_int(metadata: dict, key: str, minimum: int = 1) -> int | None:
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
         return None
     return v
+
+
+def json_safe(v: Any, *, nonfinite: str = "null") -> Any:
+    """``v`` as plain JSON values: dict keys as text, tuples as lists, objects with ``to_dict`` through
+    it, paths as text, classes and functions by name (spandrel keeps some hyperparameters as such),
+    anything else as its text. Non-finite floats become null (``nonfinite="null"``, strict JSON for
+    metadata) or the strings "inf"/"-inf" with NaN as null (``"string"``, the CLI's --json)."""
+    if isinstance(v, float):
+        if math.isfinite(v):
+            return v
+        return None if (nonfinite == "null" or math.isnan(v)) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, (str, int, bool)) or v is None:
+        return v
+    if isinstance(v, dict):
+        return {str(k): json_safe(x, nonfinite=nonfinite) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x, nonfinite=nonfinite) for x in v]
+    if hasattr(v, "to_dict"):
+        return json_safe(v.to_dict(), nonfinite=nonfinite)
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
+    name = getattr(v, "__qualname__", None) or getattr(v, "__name__", None)
+    if isinstance(v, type) or callable(v):
+        return name if isinstance(name, str) else str(v)
+    return str(v)

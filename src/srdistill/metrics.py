@@ -143,6 +143,14 @@ def ssim(img1: np.ndarray, img2: np.ndarray, crop_border: int, test_y_channel: b
     return float(np.mean([_ssim_channel(a[..., i], b[..., i]) for i in range(a.shape[2])]))
 
 
+def quantize_u8(x):
+    """The one float -> uint8 quantiser: clamp to [0, 1], times 255, round half to even.
+    A torch tensor or a numpy array in, the same kind and layout out (dtype uint8)."""
+    if isinstance(x, torch.Tensor):
+        return torch.round(x.clamp(0.0, 1.0) * 255.0).to(torch.uint8)
+    return np.rint(np.clip(np.asarray(x), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def to_uint8(t: torch.Tensor) -> np.ndarray:
     """A ``(C, H, W)`` or ``(1, C, H, W)`` float tensor in [0, 1] -> ``H x W x C`` uint8 RGB.
 
@@ -162,8 +170,7 @@ def to_uint8(t: torch.Tensor) -> np.ndarray:
         raise UsageError(f"to_uint8 expects (C, H, W) or (1, C, H, W), got shape {tuple(t.shape)}")
     if x.dtype != torch.float64:
         x = x.to(torch.float32)
-    x = torch.round(x.cpu().clamp(0.0, 1.0) * 255.0)
-    return np.ascontiguousarray(x.permute(1, 2, 0).numpy().astype(np.uint8))
+    return np.ascontiguousarray(quantize_u8(x.cpu()).permute(1, 2, 0).numpy())
 
 
 def score(

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import ImageError, SrDistillError, UsageError
 from ..progress import NULL, Reporter
+from ..metrics import quantize_u8
 from .resize import downscale_for_sr, mod_crop
 
 _LR_DIR = re.compile(r"^(x\d+|lr_bicubic|lr_unknown|lr)$", re.IGNORECASE)
@@ -46,14 +47,14 @@ def to_uint8_chw(rgb: np.ndarray, channels: int = 3) -> torch.Tensor:
         arr = (arr[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
     elif arr.shape[2] > channels:
         arr = arr[..., :channels]
-    u8 = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+    u8 = quantize_u8(arr)
     return torch.from_numpy(np.ascontiguousarray(u8.transpose(2, 0, 1)))
 
 
 def make_lr(hr: torch.Tensor, scale: int) -> torch.Tensor:
     """uint8 C x H x W HR -> uint8 LR (MATLAB bicubic, rounded); HR must already be mod-cropped."""
     lr = downscale_for_sr(hr.unsqueeze(0), scale)[0]
-    return torch.round(lr.clamp(0, 1) * 255).to(torch.uint8)
+    return quantize_u8(lr)
 
 
 def find_lr_dir(hr_dir: Path, scale: int) -> Path | None:
@@ -209,7 +210,7 @@ def teacher_output(teacher_fn: Callable[[torch.Tensor], torch.Tensor], lr: torch
     x = lr.to(dtype=torch.float32).unsqueeze(0) / 255.0
     with torch.no_grad():
         y = Runner(teacher_fn, device=device, tile=tile, overlap=overlap, scale=scale).sr(x)
-    return torch.round(y[0].clamp(0, 1) * 255).to(torch.uint8).cpu().contiguous()
+    return quantize_u8(y[0]).cpu().contiguous()
 
 
 def fill_teacher_cache(images: list[TrainImage], teacher_fn: Callable[[torch.Tensor], torch.Tensor], scale: int,

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
+from ..metrics import quantize_u8
 
 KERNELS = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
@@ -346,7 +347,7 @@ def add_noise(x: torch.Tensor, n: dict, rng: np.random.Generator) -> torch.Tenso
         noise = torch.from_numpy(rng.standard_normal(shape).astype(np.float32)) * (n["sigma"] / 255.0)
     else:
         src = _gray(x) if n["gray"] else x
-        q = torch.clamp((src * 255.0).round(), 0, 255) / 255.0
+        q = quantize_u8(src).float() / 255.0
         vals = 2 ** math.ceil(math.log2(max(2, len(torch.unique(q)))))
         out = torch.from_numpy(rng.poisson(q.double().numpy() * vals).astype(np.float32)) / vals
         noise = (out - q) * n["scale"]
@@ -357,7 +358,7 @@ def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
     """A real JPEG encode and decode (Pillow, 4:2:0 chroma) at ``quality``."""
     from PIL import Image
 
-    u8 = torch.clamp((x[0] * 255.0).round(), 0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    u8 = quantize_u8(x[0]).permute(1, 2, 0).numpy()
     mode = "L" if u8.shape[2] == 1 else "RGB"
     buf = io.BytesIO()
     Image.fromarray(u8[..., 0] if mode == "L" else u8, mode).save(buf, format="JPEG", quality=int(quality))
@@ -399,7 +400,7 @@ def render(img: torch.Tensor, scale: int, plan: dict, rng: np.random.Generator) 
         x = resize_sinc(jpeg(x.clamp(0, 1), plan["jpeg2"]))
     else:
         x = jpeg(resize_sinc(x).clamp(0, 1), plan["jpeg2"])
-    return torch.clamp((x[0] * 255.0).round(), 0, 255).to(torch.uint8).contiguous()
+    return quantize_u8(x[0]).contiguous()
 
 
 def variant_rng(seed: int, index: int, variant: int) -> np.random.Generator:

@@ -189,9 +189,13 @@ def output_format(path: str | os.PathLike) -> str:
 
 
 def _quantize(a: np.ndarray, bits: int) -> np.ndarray:
-    top = 65535.0 if bits == 16 else 255.0
-    q = np.rint(np.clip(np.nan_to_num(a, nan=0.0), 0.0, 1.0) * top)
-    return q.astype(np.uint16 if bits == 16 else np.uint8)
+    """Pixels for a file: 8 bits through the one quantiser (metrics.quantize_u8), or 16 bits; NaN -> 0."""
+    a = np.nan_to_num(a, nan=0.0)
+    if bits != 16:
+        from ..metrics import quantize_u8  # lazy: metrics imports torch, reading/writing images does not
+
+        return quantize_u8(a)
+    return np.rint(np.clip(a, 0.0, 1.0) * 65535.0).astype(np.uint16)
 
 
 def _encode_plan(image: Image, fmt: str, p: Path, quality: int, rep: Reporter):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ..metrics import quantize_u8
 from .datasets import Batch, PatchSampler, TrainImage
 from .resize import downscale_for_sr
 
@@ -41,7 +42,7 @@ def make_upcycled(images: list[TrainImage], scale: int, patch_size: int, seed: i
         if h // ZOOM_OUT >= patch_size and w // ZOOM_OUT >= patch_size:
             small = img.lr[:, : h - h % ZOOM_OUT, : w - w % ZOOM_OUT]
             lr = downscale_for_sr(small.unsqueeze(0), ZOOM_OUT)[0]
-            out.append(TrainImage(f"{img.name}#zoom-out", torch.round(lr.clamp(0, 1) * 255).to(torch.uint8), None))
+            out.append(TrainImage(f"{img.name}#zoom-out", quantize_u8(lr), None))
     return out
 
 

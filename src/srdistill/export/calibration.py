@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import ImageError, SrDistillError, UsageError
+from ..metrics import quantize_u8
 from .verify import _first_line, _test_batch
 
 
@@ -112,5 +113,5 @@ def _synthetic_hr(n: int, h: int, w: int, seed: int = 0) -> list[np.ndarray]:
         x = _test_batch(1, 3, h, w, seed + i)[0]
         # smooth the noise a little so bicubic LR keeps structure a model can rebuild
         x = 0.5 * x + 0.25 * (np.roll(x, 1, axis=1) + np.roll(x, 1, axis=2))
-        imgs.append(np.ascontiguousarray((np.clip(x, 0, 1).transpose(1, 2, 0) * 255).round().astype(np.uint8)))
+        imgs.append(np.ascontiguousarray(quantize_u8(x.transpose(1, 2, 0))))
     return imgs

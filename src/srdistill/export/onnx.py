@@ -359,7 +359,7 @@ class _Exporter:
 
 def _finite_or_none(d: dict) -> dict:
     """JSON-safe (metadata values must be strict JSON): non-finite floats become None."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else jsonable(v)) for k, v in d.items()}
+    return jsonable(d)
 
 
 def _load_source(model_or_path):

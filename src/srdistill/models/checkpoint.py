@@ -35,16 +35,10 @@ def tensor_hash(state: dict[str, torch.Tensor]) -> str:
 
 
 def jsonable(v: Any) -> Any:
-    """Hyperparameters/config as plain JSON values (classes by name, anything else as text)."""
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if isinstance(v, (list, tuple)):
-        return [jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    if isinstance(v, type):
-        return v.__name__
-    return str(v)
+    """Hyperparameters/config as plain JSON values (classes and functions by name)."""
+    from ..metadata import json_safe
+
+    return json_safe(v)
 
 
 def clean_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:

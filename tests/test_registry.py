@@ -125,3 +125,30 @@ def test_a_term_registered_from_a_test_trains_checkpoints_and_resumes(teacher_pa
             distill(_cfg(teacher_path, data_dir, tmp_path / "x", steps=1, terms={"nope": 1.0}))
     finally:
         TERMS.pop("gain", None)
+
+
+def test_one_runnable_contract_is_met_by_eval_and_the_teacher_cache():
+    """A model that only takes 24x24 inputs (a fixed-size ONNX export, say) runs in eval's run_sr and
+    in the teacher cache through the same adapter as in upscale: tiles of exactly its size."""
+    from srdistill.data.datasets import teacher_output
+    from srdistill.evaluate import run_sr
+    from srdistill.runner import SizeRequirements, size_requirements
+
+    class Fixed:
+        scale, static_size, input_channels = 2, (24, 24), 3
+        seen: set = set()
+
+        def __call__(self, x):
+            self.seen.add(tuple(x.shape[-2:]))
+            assert tuple(x.shape[-2:]) == (24, 24), x.shape
+            return torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+
+    m = Fixed()
+    assert size_requirements(m) == SizeRequirements(static=(24, 24))
+    lr = (torch.rand(3, 40, 50) * 255).to(torch.uint8)
+    y = run_sr(m, lr, 2)
+    assert y.shape == (1, 3, 80, 100)
+    assert torch.equal((y[0, :, ::2, ::2] * 255).round().to(torch.uint8), lr)
+    t = teacher_output(m, lr, 2, device=torch.device("cpu"), tile=16)
+    assert t.shape == (3, 80, 100) and torch.equal(t[:, ::2, ::2], lr)
+    assert m.seen == {(24, 24)}

@@ -28,7 +28,11 @@ class SizeRequirements:
 
 
 def size_requirements(model: Any) -> SizeRequirements:
-    """The :class:`SizeRequirements` a runnable states through its attributes (none for a function)."""
+    """The :class:`SizeRequirements` a runnable states (SRModel and OnnxModel have the property; other
+    objects through the same attributes; none for a plain function)."""
+    req = getattr(model, "size_requirements", None)
+    if isinstance(req, SizeRequirements):
+        return req
     static = tuple(getattr(model, "static_size", None) or ()) or None
     return SizeRequirements(int(getattr(model, "min_size", 0) or 0), int(getattr(model, "multiple_of", 1) or 1),
                             bool(getattr(model, "square", False)), static)

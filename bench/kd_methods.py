@@ -42,20 +42,10 @@ PAIRS = {"DCTLSA_x4": ("DCTLSA_x4.pt", DCTLSA), "realesr-animevideov3": ("reales
 
 def _teacher_scores(student, teacher, pairs) -> float:
     """Mean Y-PSNR of the student against the teacher's output on the same LR images."""
-    import numpy as np
-    import torch
-
     from srdistill.evaluate import score_pairs
-    from srdistill.data.datasets import EvalPair
-    from srdistill.tiling import upscale_tensor
+    from srdistill.reference import teacher_reference
 
-    refs = []
-    for p in pairs:
-        with torch.no_grad():
-            y = upscale_tensor(teacher, p.lr[None].float() / 255, 4)[0]
-        refs.append(EvalPair(p.name, p.lr, np.ascontiguousarray(
-            torch.round(y.clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy())))
-    return score_pairs(student, refs, 4)["psnr"]
+    return score_pairs(student, teacher_reference(pairs, teacher, 4), 4)["psnr"]
 
 
 def one_run(teacher_name: str, method: str, seed: int, steps: int, work: Path, cache: Path | None,

@@ -20,6 +20,7 @@ writes bench/results/realworld.json and the comparison picture.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -37,9 +38,11 @@ EVAL_DRAWS = 4  # degraded inputs per benchmark image: one draw of a random pipe
 TEACHER = "realesr-animevideov3.pth"
 
 
+@functools.lru_cache(maxsize=1)
 def _sets():
     """Set14 (the study's benchmark) and Set5 (a check set: the clean share was not chosen on it),
-    each with degraded and clean inputs, the teacher's outputs as references."""
+    each with degraded and clean inputs, the teacher's outputs as references (computed once per process:
+    every run, the picture and a re-score share them)."""
     from srdistill.data.datasets import load_eval_pairs
     from srdistill.data.degrade import load_degradation
     from srdistill.models.loading import load_model

@@ -20,7 +20,7 @@ from srdistill.errors import Interrupted, UsageError
 from srdistill.evaluate import EvalOptions, evaluate
 from srdistill.models.loading import load_model
 
-from test_distill import _cfg, _natural, data_dir, teacher_path  # noqa: F401  (fixtures)
+from test_distill import _cfg, _natural, data_dir, teacher_path, write_natural_images  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -202,11 +202,7 @@ def test_resume_refuses_another_degradation(teacher_path, data_dir, tmp_path, mo
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    d = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(9)
-    for i in range(2):
-        PILImage.fromarray(_natural(rng, 40, 48)).save(d / f"photo{i}.png")
-    return d
+    return write_natural_images(tmp_path_factory.mktemp("photos"), 2, 40, 48, seed=9, prefix="photo")
 
 
 def test_eval_reference_teacher_on_an_lr_only_folder(teacher_path, data_dir, photos, tmp_path):  # noqa: F811

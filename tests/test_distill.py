@@ -39,13 +39,18 @@ def _natural(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 
+def write_natural_images(folder, n: int, h: int, w: int, seed: int, prefix: str = "img"):
+    """``n`` :func:`_natural` pictures as PNGs in ``folder`` (created), from one seeded generator."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        PILImage.fromarray(_natural(rng, h, w)).save(folder / f"{prefix}{i}.png")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("hr")
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        PILImage.fromarray(_natural(rng, 96, 112)).save(d / f"img{i}.png")
-    return d
+    return write_natural_images(tmp_path_factory.mktemp("hr"), 6, 96, 112, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import threading
 import numpy as np
 import pytest
 import torch
-from PIL import Image as PILImage
 from typer.testing import CliRunner
 
 from srdistill.cli import app
@@ -21,17 +20,12 @@ from srdistill.distill.trainer import DistillConfig, distill
 from srdistill.errors import Interrupted
 from srdistill.models.loading import load_model
 
-from test_distill import _cfg, _natural, data_dir, teacher_path  # noqa: F401  (fixtures)
+from test_distill import _cfg, data_dir, teacher_path, write_natural_images  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
 def own_data(tmp_path):
-    d = tmp_path / "hr"
-    d.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(4):
-        PILImage.fromarray(_natural(rng, 64, 80)).save(d / f"im{i}.png")
-    return d
+    return write_natural_images(tmp_path / "hr", 4, 64, 80, seed=1, prefix="im")
 
 
 def _req(root, data, **kw):

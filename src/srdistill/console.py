@@ -98,15 +98,11 @@ def stderr_console() -> Console:
     return Console(stderr=True, no_color=_no_color(), highlight=False)
 
 
-def _jsonable(obj: Any) -> Any:
-    from .metadata import json_safe
-
-    return json_safe(obj, nonfinite="string")
-
-
 def print_json(doc: Any) -> None:
     """Exactly one JSON document on stdout (inf written as the string "inf")."""
-    sys.stdout.write(json.dumps(_jsonable(doc), indent=2, allow_nan=False) + "\n")
+    from .metadata import json_safe  # lazy: only --json runs need it
+
+    sys.stdout.write(json.dumps(json_safe(doc, nonfinite="string"), indent=2, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 

@@ -340,15 +340,24 @@ class PatchSampler:
 
         return Batch(stack(lrs), stack(hrs), stack(tgs))
 
-    def live_targets(self, plan: list[tuple[int, int, int, int]], teacher_fn, device: torch.device) -> torch.Tensor:
+    def live_targets(self, plan: list[tuple], teacher_fn, device: torch.device,
+                     lr: torch.Tensor | None = None) -> torch.Tensor:
         """The teacher's output on the un-augmented LR patches, then flipped/rotated like the batch,
-        so live targets are what the cache would hold (up to patch borders and quantisation)."""
-        p = self.p
-        x = torch.stack([self.images[i].lr[:, y:y + p, x:x + p] for i, y, x, _ in plan])
-        x = x.to(device=device).float().div_(255.0)
+        so live targets are what the cache would hold (up to patch borders and quantisation).
+
+        ``lr``: the batch's (augmented) inputs: undoing the flips gives the patches exactly, so
+        nothing is read (or degraded) a second time in the step."""
+        if lr is not None:
+            x = torch.stack([unaugment(lr[k], item[3]) for k, item in enumerate(plan)])
+        else:
+            x = self._unaugmented_inputs(plan).to(device=device).float().div_(255.0)
         with torch.no_grad():
             y = teacher_fn(x).float().clamp_(0, 1)
-        return torch.stack([augment(y[k], a) for k, (_, _, _, a) in enumerate(plan)])
+        return torch.stack([augment(y[k], item[3]) for k, item in enumerate(plan)])
+
+    def _unaugmented_inputs(self, plan: list[tuple]) -> torch.Tensor:
+        p = self.p
+        return torch.stack([self.images[i].lr[:, y:y + p, x:x + p] for i, y, x, *_ in plan])
 
 
 @dataclass

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from ..metrics import quantize_u8
+from .resize import quantize_uint8
 
 KERNELS = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
@@ -347,7 +348,7 @@ def add_noise(x: torch.Tensor, n: dict, rng: np.random.Generator) -> torch.Tenso
         noise = torch.from_numpy(rng.standard_normal(shape).astype(np.float32)) * (n["sigma"] / 255.0)
     else:
         src = _gray(x) if n["gray"] else x
-        q = quantize_u8(src).float() / 255.0
+        q = quantize_uint8(src)
         vals = 2 ** math.ceil(math.log2(max(2, len(torch.unique(q)))))
         out = torch.from_numpy(rng.poisson(q.double().numpy() * vals).astype(np.float32)) / vals
         noise = (out - q) * n["scale"]
@@ -408,27 +409,33 @@ def variant_rng(seed: int, index: int, variant: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(index), int(variant), 0x5EED])
 
 
+def variant_inputs(img, deg: Degradation, variants: int, scale: int, seed: int,
+                   index: int) -> list[tuple[torch.Tensor, float, int | None]]:
+    """(LR input, sampling weight, variant number or None for the clean input) of one training image:
+    ``variants`` degradations of its HR (or, with ``--lr-only``, of the image itself at scale 1), seeded
+    per (seed, image, variant), and with ``clean_prob`` > 0 the clean input first. The clean inputs
+    together get ``clean_prob`` of the patches, the degraded ones the rest. The in-memory path and
+    the training pack both make their inputs here."""
+    src, s = (img.hr, scale) if img.hr is not None else (img.lr, 1)
+    clean = deg.params["clean_prob"]
+    out: list[tuple[torch.Tensor, float, int | None]] = [(img.lr, clean, None)] if clean > 0 else []
+    for k in range(variants):
+        out.append((deg.degrade(src, s, variant_rng(seed, index, k), training=False), (1.0 - clean) / variants, k))
+    return out
+
+
 def make_variants(images: list, deg: Degradation, variants: int, scale: int, seed: int, *,
                   reporter=None) -> tuple[list, list[float]]:
-    """``variants`` degraded LR versions of every training image (of its HR, or with ``--lr-only``
-    of the image itself at scale 1), made once and seeded per (seed, image, variant); with
-    ``clean_prob`` > 0 the clean input stays too. Returns the inputs and their sampling weights:
-    the clean inputs together get ``clean_prob`` of the patches, the degraded ones the rest."""
+    """The training inputs of :func:`variant_inputs` for every image, and their sampling weights."""
     from ..progress import NULL
     from .datasets import TrainImage
 
     rep = reporter or NULL
-    clean = deg.params["clean_prob"]
     out, weights = [], []
     with rep.task("degrading", total=len(images) * variants) as task:
         for i, img in enumerate(images):
-            src, s = (img.hr, scale) if img.hr is not None else (img.lr, 1)
-            if clean > 0:
-                out.append(img)
-                weights.append(clean)
-            for k in range(variants):
-                lr = deg.degrade(src, s, variant_rng(seed, i, k), training=False)
-                out.append(TrainImage(f"{img.name}#{deg.name}{k}", lr, img.hr))
-                weights.append((1.0 - clean) / variants)
-                task.advance(1)
+            for lr, w, k in variant_inputs(img, deg, variants, scale, seed, i):
+                out.append(img if k is None else TrainImage(f"{img.name}#{deg.name}{k}", lr, img.hr))
+                weights.append(w)
+            task.advance(variants)
     return out, weights

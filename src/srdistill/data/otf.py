@@ -24,33 +24,29 @@ class OnTheFlySampler(PatchSampler):
     def __init__(self, images, scale: int, patch_size: int, deg: Degradation):
         super().__init__(images, scale, patch_size)
         self.deg = deg
-        self._last: tuple[list, list[torch.Tensor]] | None = None
 
     def plan(self, batch_size: int, gen: torch.Generator) -> list[tuple]:
         base = super().plan(batch_size, gen)
         seeds = torch.randint(2**62, (batch_size,), generator=gen).tolist()
         return [(*b, s) for b, s in zip(base, seeds)]
 
-    def _degraded(self, plan: list[tuple]) -> list[torch.Tensor]:
-        if self._last is not None and self._last[0] is plan:
-            return self._last[1]
+    def _degraded(self, plan: list[tuple]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(degraded LR patch, HR patch or None) per plan item; each HR patch is read once."""
         p, s = self.p, self.scale
         out = []
         for i, y, x, _, seed in plan:
             img = self.images[i]
             if img.hr is not None:
-                out.append(self.deg.degrade(img.hr[:, y * s:(y + p) * s, x * s:(x + p) * s], s,
-                                            np.random.default_rng(seed)))
+                hr = img.hr[:, y * s:(y + p) * s, x * s:(x + p) * s]
+                out.append((self.deg.degrade(hr, s, np.random.default_rng(seed)), hr))
             else:
-                out.append(self.deg.degrade(img.lr[:, y:y + p, x:x + p], 1, np.random.default_rng(seed)))
-        self._last = (plan, out)
+                out.append((self.deg.degrade(img.lr[:, y:y + p, x:x + p], 1, np.random.default_rng(seed)), None))
         return out
 
     def crop(self, plan: list[tuple], device: torch.device) -> Batch:
-        p, s = self.p, self.scale
-        lrs = [augment(t, a) for t, (_, _, _, a, _) in zip(self._degraded(plan), plan)]
-        hrs = [augment(self.images[i].hr[:, y * s:(y + p) * s, x * s:(x + p) * s], a)
-               for i, y, x, a, _ in plan if self.images[i].hr is not None]
+        pairs = self._degraded(plan)
+        lrs = [augment(lr, item[3]) for (lr, _), item in zip(pairs, plan)]
+        hrs = [augment(hr, item[3]) for (_, hr), item in zip(pairs, plan) if hr is not None]
 
         def stack(ts):
             if not ts or len(ts) != len(plan):
@@ -59,8 +55,6 @@ class OnTheFlySampler(PatchSampler):
 
         return Batch(stack(lrs), stack(hrs), None)
 
-    def live_targets(self, plan: list[tuple], teacher_fn, device: torch.device) -> torch.Tensor:
-        x = torch.stack(self._degraded(plan)).to(device=device).float().div_(255.0)
-        with torch.no_grad():
-            y = teacher_fn(x).float().clamp_(0, 1)
-        return torch.stack([augment(y[k], item[3]) for k, item in enumerate(plan)])
+    def _unaugmented_inputs(self, plan: list[tuple]) -> torch.Tensor:
+        """Without the batch's inputs at hand, the same degradations again (seeded per patch)."""
+        return torch.stack([lr for lr, _ in self._degraded(plan)])

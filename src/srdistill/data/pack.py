@@ -199,17 +199,11 @@ def _record_path(folder: Path, i: int) -> Path:
 
 def _inputs_of(im: TrainImage, req: PackRequest, i: int) -> list[tuple[torch.Tensor, float]]:
     """(LR input, sampling weight) of one image: the clean LR, or its degraded variants (+ the clean one)."""
-    deg = req.degradation
-    if deg is None:
+    if req.degradation is None:
         return [(im.lr, 1.0)]
-    from .degrade import variant_rng
+    from .degrade import variant_inputs
 
-    src, s = (im.hr, req.scale) if im.hr is not None else (im.lr, 1)
-    clean = deg.params["clean_prob"]
-    out = [(im.lr, clean)] if clean > 0 else []
-    for k in range(req.variants):
-        out.append((deg.degrade(src, s, variant_rng(req.seed, i, k), training=False), (1.0 - clean) / req.variants))
-    return out
+    return [(lr, w) for lr, w, _ in variant_inputs(im, req.degradation, req.variants, req.scale, req.seed, i)]
 
 
 def _build_one(folder: Path, i: int, path: Path, lr_path: Path | None, req: PackRequest, teacher, device) -> dict:

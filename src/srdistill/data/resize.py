@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
+from ..metrics import quantize_u8  # the one float -> uint8 quantiser
 
 __all__ = [
     "imresize",
@@ -366,8 +367,8 @@ def quantize_uint8(x: ArrayOrTensor) -> ArrayOrTensor:
     if isinstance(x, torch.Tensor):
         if not x.is_floating_point():
             raise UsageError(f"quantize_uint8 expects a float tensor, got {x.dtype}")
-        return torch.round(x.clamp(0.0, 1.0) * 255.0) / 255.0
+        return quantize_u8(x).to(x.dtype) / 255.0
     arr = np.asarray(x)
     if not np.issubdtype(arr.dtype, np.floating):
         raise UsageError(f"quantize_uint8 expects a float array, got dtype {arr.dtype}")
-    return np.round(np.clip(arr, 0.0, 1.0) * 255.0) / 255.0
+    return quantize_u8(arr).astype(arr.dtype) / 255.0

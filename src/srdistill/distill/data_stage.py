@@ -91,7 +91,15 @@ def pack_request(cfg, teacher, deg, use_cache: bool):
                        variants=cfg.degradation_variants or DEFAULT_VARIANTS, seed=cfg.seed, tile=cfg.cache_tile)
 
 
+def open_training_pack(cfg, teacher, device, rep: Reporter, ctx, use_cache: bool):
+    """``--pack DIR --build-only``: the pack alone, as a run would open it."""
+    from ..data.degrade import load_degradation
+
+    return _from_pack(cfg, teacher, device, rep, ctx, load_degradation(cfg.degradation), use_cache)
+
+
 def _from_pack(cfg, teacher, device, rep: Reporter, ctx, deg, use_cache: bool):
+    """The run's training pack, opened (built or completed first if needed); ``--build-only`` stops here."""
     from ..data.pack import open_pack
 
     req = pack_request(cfg, teacher, deg, use_cache)

@@ -310,7 +310,7 @@ class Run:
             with self.autocast:
                 t_out = batch.target
                 if t_out is None and self.needs_teacher:
-                    t_out = self.data.sampler.live_targets(plan, self.teacher.module, self.device)
+                    t_out = self.data.sampler.live_targets(plan, self.teacher.module, self.device, lr=batch.lr)
                 if self.wsum.needs("teacher_features"):  # teacher features on the same (augmented) input
                     with torch.no_grad():
                         self.teacher.module(batch.lr)

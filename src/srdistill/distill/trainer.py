@@ -446,18 +446,13 @@ def distill(cfg: DistillConfig, reporter: Reporter = NULL, hooks: TrainHooks | N
 def _build_pack_only(cfg: DistillConfig, rep: Reporter, ctx, device: torch.device) -> DistillResult:
     """``--pack DIR --build-only``: the data stage alone (a cluster job that prepares data once)."""
     from ..models.loading import load_model
-    from .data_stage import pack_request
-    from ..data.degrade import load_degradation
-    from ..data.pack import open_pack
+    from .data_stage import open_training_pack
 
     t0 = time.monotonic()
     teacher = load_model(cfg.teacher, device=device)
     teacher.module.eval()
     use_cache = cfg.teacher_cache and _needs_teacher(cfg, _loss_weights(cfg))
-    req = pack_request(cfg, teacher, load_degradation(cfg.degradation), use_cache)
-    _, _, stats, info = open_pack(req, teacher if use_cache else None, device=device, reporter=rep, rank=ctx.rank,
-                                  world=ctx.world_size, barrier=ctx.barrier if ctx.enabled else None)
-    rep.info(info.describe())
+    _, _, stats, info = open_training_pack(cfg, teacher, device, rep, ctx, use_cache)
     return DistillResult(
         out="", checkpoint="", log="", steps=0, resumed_from=0, seconds=round(time.monotonic() - t0, 3),
         steps_per_second=0.0, device=str(device), precision="none", world_size=ctx.world_size,

@@ -11,6 +11,8 @@ import torch
 
 from .metrics import psnr, rgb_to_y, to_uint8
 from .progress import Reporter
+from .report import comparison_grid, save_png, window_mse
+from .runner import run_sr
 
 if TYPE_CHECKING:
     from .eval_report import EvalOptions, ModelRow
@@ -42,8 +44,6 @@ COMPARISON_GAP_MSE_FLOOR = 1.0
 
 
 def _window_grid(err: np.ndarray, win: int, region: tuple[int, int, int, int]):
-    from .report import window_mse
-
     y0, x0, y1, x1 = region
     wh, ww = min(win, y1 - y0), min(win, x1 - x0)
     if wh < 1 or ww < 1:
@@ -111,9 +111,6 @@ def _representative_crop(rows: list[ModelRow], ds: dict, grids: dict, pairs) -> 
 def _make_comparison(path: Path, rows_spec: list[_Entry], rows: list[ModelRow], ds: dict,
                      crop: tuple[int, int, int, int] | None, grids: dict, win: int, scale: int,
                      device: torch.device, tile: int | None, opts: EvalOptions, rep: Reporter) -> dict:
-    from .evaluate import run_sr  # the one way of running a model on an LR image
-    from .report import comparison_grid, save_png
-
     pairs = ds["pairs"]
     to_teacher = opts.reference == "teacher"
     if crop is not None:

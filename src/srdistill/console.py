@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
+import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -278,8 +279,6 @@ def _guard_streams() -> None:
 
 def run_cli(fn: Callable[[], Any]) -> Any:
     """Run a command body: map SrDistillError to ``error: ...`` and its exit code."""
-    import typer
-
     old = None
     if threading.current_thread() is threading.main_thread():
         old = signal.signal(signal.SIGTERM, _raise_terminated)  # distill installs its own for its loop

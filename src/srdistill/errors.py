@@ -6,6 +6,8 @@ what to do; the CLI maps them to exit codes and prints ``error: <message>``.
 
 from __future__ import annotations
 
+import os
+
 
 class SrDistillError(Exception):
     """Base class of every error srdistill reports to a user (exit code 1)."""
@@ -82,6 +84,4 @@ class Terminated(KeyboardInterrupt):
 
 def debug_enabled() -> bool:
     """``SRDISTILL_DEBUG=1``: tracebacks instead of one-line errors (library and CLI alike)."""
-    import os
-
     return os.environ.get("SRDISTILL_DEBUG", "") not in ("", "0")

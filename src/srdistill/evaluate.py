@@ -32,15 +32,24 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .devices import resolve_device
-from .tiling import parse_tile
-from .errors import SrDistillError, UsageError
-from .metrics import psnr, quantize_u8, ssim, to_uint8
-from .progress import NULL, Reporter, Task
-from .eval_report import (MAX_BENCH_SIZE, EvalOptions, EvalReport, ModelRow, _check_int,  # noqa: F401
-                          dataset_name, parse_crop, parse_psnr_thresholds)
 from .comparison import (COMPARISON_GAP_TOLERANCE, COMPARISON_WINDOW, _error_map,  # noqa: F401
                          _make_comparison, _window_grid)
+from .data.datasets import find_lr_dir, load_eval_pairs
+from .data.degrade import load_degradation
+from .data.resize import imresize_uint8
+from .devices import resolve_device
+from .errors import SrDistillError, UsageError
+from .eval_report import (MAX_BENCH_SIZE, EvalOptions, EvalReport, ModelRow, _check_int,  # noqa: F401
+                          dataset_name, parse_crop, parse_psnr_thresholds)
+from .fileio import check_writable
+from .metrics import psnr, quantize_u8, ssim, to_uint8
+from .models.loading import SRModel
+from .onnx_model import OnnxModel, load_any
+from .progress import NULL, Reporter, Task
+from .reference import degrade_pairs, lr_only_pairs, teacher_reference
+from .report import benchmark, save_png
+from .runner import run_sr  # noqa: F401  (re-exported: eval's building blocks)
+from .tiling import parse_tile
 
 __all__ = [
     "run_sr",
@@ -54,30 +63,6 @@ __all__ = [
     "parse_psnr_thresholds",
     "dataset_name",
 ]
-
-
-def run_sr(model, lr_u8: torch.Tensor, scale: int, *, device: torch.device | str = "cpu",
-           tile: int | None = None, self_ensemble: bool = False) -> torch.Tensor:
-    """uint8 C x h x w LR -> float 1 x C x H x W SR output (clamped to [0, 1]) on the CPU.
-
-    The model runs through :class:`srdistill.runner.Runner`, so its size requirements (minimum,
-    multiple, square, a fixed ONNX size) are met as in ``upscale``."""
-    from .runner import Runner
-
-    runner = Runner(model, device=None if hasattr(model, "session") else device, tile=tile, scale=scale)
-    x = lr_u8.to(dtype=torch.float32).unsqueeze(0) / 255.0
-    with torch.no_grad():
-        if not self_ensemble:
-            y = runner.sr(x)
-        else:
-            from .data.datasets import augment, unaugment
-
-            acc = None
-            for code in range(8):
-                out = unaugment(runner.sr(augment(x, code)), code)
-                acc = out if acc is None else acc + out
-            y = acc / 8
-    return y.clamp(0, 1).float().cpu()
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -139,8 +124,6 @@ class BicubicBaseline:
         self.scale = int(scale)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from .data.resize import imresize_uint8
-
         u8 = quantize_u8(x.detach())
         return imresize_uint8(u8, scale=self.scale).to(torch.float32) / 255.0
 
@@ -158,9 +141,6 @@ class _Entry:
 
 
 def _format_of(model: Any) -> str:
-    from .models.loading import SRModel
-    from .onnx_model import OnnxModel
-
     if isinstance(model, BicubicBaseline):
         return "bicubic"
     if isinstance(model, OnnxModel):
@@ -171,9 +151,6 @@ def _format_of(model: Any) -> str:
 
 
 def _load(spec: Any, device: torch.device, threads: int | None) -> tuple[Any, str | None]:
-    from .models.loading import SRModel
-    from .onnx_model import load_any
-
     if isinstance(spec, (str, os.PathLike)):
         p = Path(spec)
         model = load_any(p, device=str(device), threads=threads)
@@ -287,8 +264,6 @@ class _Evaluation:
             if self.comparison_path.suffix.lower() != ".png":
                 raise UsageError(f"--comparison {str(self.comparison_path)!r}: the comparison image is written as PNG",
                                  hint="give a file name ending in .png")
-            from .fileio import check_writable
-
             check_writable(self.comparison_path, overwrite=opts.overwrite)
         if self.crop is not None and self.comparison_path is None:
             raise UsageError("--crop chooses the region of the --comparison image", hint="add --comparison out.png")
@@ -369,8 +344,6 @@ class _Evaluation:
         if self.save_root is not None:
             if self.save_root.exists() and not self.save_root.is_dir():
                 raise UsageError(f"--save-images {str(self.save_root)!r} is a file, not a folder")
-            from .fileio import check_writable
-
             dir_names = _unique([_safe_dir_name(r.name) for r in self.rows_spec])
             ds_dirs = _unique([_safe_dir_name(d["name"]) for d in self.datasets])
             for ri, dn in enumerate(dir_names):
@@ -401,8 +374,6 @@ class _Evaluation:
 
     def score_one(self, ri: int, e: "_Entry", row: ModelRow, di: int, ds: dict) -> dict:
         """One model on one dataset (saving outputs and comparison windows on the way)."""
-        from .report import save_png
-
         opts, paths = self.opts, self.save_plan.get((ri, di))
         if opts.reference == "teacher" and e.role == "teacher":  # the reference itself: not run twice
             for i, pair in enumerate(ds["pairs"] if paths is not None else []):
@@ -438,8 +409,6 @@ class _Evaluation:
                 r.compression = t_row.params / r.params
 
     def benchmark(self) -> dict:
-        from .report import benchmark
-
         dev, size, repeats = self.device, self.bench_size, self.repeats
         with self.rep.task("benchmark", total=len(self.rows_spec)) as task:
             for e, r in zip(self.rows_spec, self.rows):
@@ -506,8 +475,6 @@ class _Evaluation:
 
 def _check_reference_options(opts: EvalOptions):
     """--reference / --degradation / --lr-only / --seed, checked before anything is loaded."""
-    from .data.degrade import load_degradation
-
     opts.reference = str(opts.reference or "hr").strip().lower()
     if opts.reference not in ("hr", "teacher"):
         raise UsageError(f"unknown --reference {opts.reference!r}", hint="use hr (ground truth) or teacher")
@@ -527,9 +494,6 @@ def _load_dataset(d: Any, name: str, scale: int, crop_border: int, opts: EvalOpt
     """One dataset's input/reference pairs: HR folders or paired layouts (LR made as papers do, or
     degraded with ``--degradation``), or with ``--lr-only`` the folder's images as inputs; with
     ``--reference teacher`` the teacher's outputs replace the HR images."""
-    from .data.datasets import find_lr_dir, load_eval_pairs
-    from .reference import degrade_pairs, lr_only_pairs, teacher_reference
-
     skipped: list[str] = []
     if opts.lr_only:
         pairs = lr_only_pairs(d, reporter=rep, skipped=skipped)

@@ -7,7 +7,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .metadata import decode_srdistill_metadata, json_safe, metadata_int
 from .models.families import get_family
+from .onnx_model import onnx_info
 
 
 @dataclass
@@ -37,26 +39,20 @@ class ModelInfo:
 
 def _plain(v: Any) -> Any:
     """JSON-safe hyperparameters: spandrel keeps some as callables/classes (RCAN's ``conv``, SwinIR's ``norm_layer``)."""
-    from .metadata import json_safe
-
     return json_safe(v)
 
 
 def model_info(path: str | os.PathLike) -> ModelInfo:
     p = Path(path)
     if p.suffix.lower() == ".onnx":
-        from .onnx_model import onnx_info
-
         d = onnx_info(p)
         meta = d.pop("metadata")
-        from .metadata import decode_srdistill_metadata, metadata_int
-
         srd = decode_srdistill_metadata(meta)
         return ModelInfo(path=str(p), format="onnx", architecture=d["architecture"], scale=d["scale"],
                          params=metadata_int(meta, "srdistill.params", 0), hyperparameters=srd.get("hyperparameters", {}) or {},
                          knobs=srd.get("knobs", {}) or {}, srdistill=srd, sha256=d["sha256"],
                          onnx={k: d[k] for k in ("opset", "inputs", "outputs", "dynamic_axes", "producer")})
-    from .models.loading import load_model
+    from .models.loading import load_model  # lazy: torch (seconds); `info x.onnx` must not import it
 
     m = load_model(p, require_sr=False)
     fam = get_family(m.architecture)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,14 +13,16 @@ import numpy as np
 
 from .errors import BadPathError, ModelLoadError, UnsupportedModelError
 from .fileio import sha256_file
-from .metadata import metadata_int
+from .metadata import decode_srdistill_metadata, metadata_int
 
-# torch is imported where a tensor is made, not here: describing or running an .onnx file through
-# onnxruntime needs no torch, and importing it costs seconds of start-up (`srdistill info x.onnx`)
+# Lazy imports here: torch is imported where a tensor is made -- describing or running an .onnx file
+# through onnxruntime needs no torch, and importing it costs seconds of start-up (`srdistill info x.onnx`);
+# onnx (1.5 s) and onnxruntime are imported where a graph is read or run, because eval and upscale
+# import this module for .pth checkpoints too.
 
 
 def _providers(device: str) -> list[str]:
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy (see the note at the top)
 
     avail = ort.get_available_providers()
     if str(device).startswith("cuda") and "CUDAExecutionProvider" in avail:
@@ -27,7 +31,7 @@ def _providers(device: str) -> list[str]:
 
 
 def load_onnx_proto(path: str | os.PathLike):
-    import onnx
+    import onnx  # lazy (see the note at the top)
 
     p = Path(path)
     if not p.exists():
@@ -86,14 +90,12 @@ class OnnxModel:
     @property
     def hyperparameters(self) -> dict:
         try:
-            from .metadata import decode_srdistill_metadata
-
-            return decode_srdistill_metadata(self.metadata).get("hyperparameters", {})
+                return decode_srdistill_metadata(self.metadata).get("hyperparameters", {})
         except ValueError:
             return {}
 
     def __call__(self, x):
-        import torch
+        import torch  # lazy (see the note at the top)
 
         arr = x.detach().to("cpu", torch.float32).numpy()
         if self.fp16:
@@ -109,7 +111,7 @@ class OnnxModel:
 
 
 def session_options(threads: int | None = None):
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy (see the note at the top)
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -122,7 +124,7 @@ def session_options(threads: int | None = None):
 
 def load_onnx(path: str | os.PathLike, *, device: str = "cpu", threads: int | None = None) -> OnnxModel:
     """Open an ONNX SR model; its scale comes from metadata or one tiny probe run."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy (see the note at the top)
 
     p = Path(path)
     proto = load_onnx_proto(p)
@@ -161,9 +163,7 @@ PROBE_SECONDS = 5.0
 
 
 def _probe_scale(p: Path, sess, model, static, channels: int, fp16: bool) -> int:
-    import threading
-
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy (see the note at the top)
 
     h, w = static or (16, 16)
     probe = np.random.default_rng(0).random((1, channels, h, w), dtype=np.float32)
@@ -187,9 +187,7 @@ def _probe_scale(p: Path, sess, model, static, channels: int, fp16: bool) -> int
 def static_scale(proto, size: int = 16) -> int | None:
     """The scale read from the graph's shapes without running it: ONNX shape inference with the
     input fixed to ``size`` x ``size`` (None when the shapes do not say)."""
-    import copy
-
-    import onnx
+    import onnx  # lazy (see the note at the top)
 
     try:
         m = copy.deepcopy(proto)
@@ -213,7 +211,7 @@ def static_scale(proto, size: int = 16) -> int | None:
 
 
 def onnx_info(path: str | os.PathLike) -> dict:
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy (see the note at the top)
 
     proto = load_onnx_proto(path)
     meta = {m.key: m.value for m in proto.metadata_props}
@@ -251,7 +249,7 @@ def onnx_info(path: str | os.PathLike) -> dict:
 
 
 def _elem_name(t: int) -> str:
-    import onnx
+    import onnx  # lazy (see the note at the top)
 
     try:
         return onnx.TensorProto.DataType.Name(t).lower()
@@ -271,6 +269,6 @@ def load_any(path: str | os.PathLike, *, device: str = "cpu", threads: int | Non
     loader = RUNNABLE_LOADERS.get(Path(path).suffix.lower())
     if loader is not None:
         return loader(path, device=device, threads=threads)
-    from .models.loading import load_model
+    from .models.loading import load_model  # lazy: torch (see the note at the top)
 
     return load_model(path, device=device)

@@ -14,14 +14,15 @@ helpers make the input/reference pairs that :func:`srdistill.evaluate.score_pair
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .data.datasets import EvalPair, load_eval_pairs
 from .data.degrade import Degradation, variant_rng
+from .metrics import to_uint8
 from .progress import NULL, Reporter, Task
+from .runner import run_sr
 
 #: variant index of evaluation degradations: training variants use 0 .. K-1 of the training seed
 EVAL_VARIANT = 0
@@ -48,9 +49,6 @@ def lr_only_pairs(folder: str | os.PathLike, *, reporter: Reporter = NULL,
 def teacher_reference(pairs: list[EvalPair], teacher, scale: int, *, device: torch.device | str = "cpu",
                       tile: int | None = None, task: Task | None = None) -> list[EvalPair]:
     """The pairs with the teacher's output (uint8 H x W x 3) as the reference image."""
-    from .evaluate import run_sr
-    from .metrics import to_uint8
-
     out = []
     for p in pairs:
         ref = to_uint8(run_sr(teacher, p.lr, scale, device=device, tile=tile))

@@ -21,6 +21,7 @@ integer nearest-neighbour zoom and labelled (Pillow's default scalable font, 14 
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import SrDistillError
 from .fileio import atomic_path
@@ -75,8 +78,6 @@ def _sync(device: torch.device) -> None:
 
 def count_macs(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> float:
     """Multiply-accumulates of one call ``fn(x)``, counted by ``FlopCounterMode`` (FLOPs / 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         fn(x)
@@ -228,8 +229,6 @@ def _fit(draw: Any, font: Any, text: str, width: int) -> str:
 
 def comparison_grid(panels: Sequence[tuple[str, np.ndarray, str]]):
     """A PIL image: each panel is ``(title, H x W x 3 uint8 crop, subtitle)``, all crops the same size."""
-    from PIL import Image, ImageDraw, ImageFont
-
     if not panels:
         raise SrDistillError("nothing to put in the comparison grid")
     h, w = panels[0][1].shape[:2]
@@ -261,10 +260,6 @@ def comparison_grid(panels: Sequence[tuple[str, np.ndarray, str]]):
 def save_png(path: str | Path, image: Any, *, overwrite: bool = False) -> Path:
     """Write a PIL image or an ``H x W [x C]`` uint8 array as PNG, atomically (never clobbering
     an existing file unless ``overwrite``)."""
-    import os
-
-    from PIL import Image
-
     im = image if isinstance(image, Image.Image) else Image.fromarray(np.ascontiguousarray(image))
     with atomic_path(path, overwrite=overwrite) as tmp:
         with open(tmp, "wb") as f:

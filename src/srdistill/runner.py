@@ -5,6 +5,10 @@ upscaled tensor: :class:`srdistill.models.loading.SRModel`, :class:`srdistill.on
 or a function. What it needs of its input is one :class:`SizeRequirements` value (minimum side,
 multiple of, square, a fixed static size), read by :func:`size_requirements` from the model's
 attributes (``min_size``, ``multiple_of``, ``square``, ``static_size``).
+
+:func:`run_sr` is the one way of running a model on a uint8 LR image (eval, validation, the
+teacher reference, comparison pictures); :func:`augment`/:func:`unaugment` are the 8 flip/rotate
+transforms its self-ensemble and the training patches share.
 """
 
 from __future__ import annotations
@@ -140,3 +144,45 @@ def run_tiled(model: Any, x: torch.Tensor, *, device: Any = None, tile: Any = No
               scale: int | None = None) -> torch.Tensor:
     """``model`` on ``x`` (1 x C x H x W float, CPU) through a :class:`Runner`; float32 output on the CPU."""
     return Runner(model, device=device, tile=tile, overlap=overlap, scale=scale).sr(x)
+
+
+def augment(t: torch.Tensor, code: int) -> torch.Tensor:
+    """Apply one of the 8 flip/rotate transforms (dihedral group) to C x H x W or N x C x H x W."""
+    if code & 1:
+        t = t.flip(-1)
+    if code & 2:
+        t = t.flip(-2)
+    if code & 4:
+        t = t.transpose(-1, -2)
+    return t
+
+
+def unaugment(t: torch.Tensor, code: int) -> torch.Tensor:
+    """The inverse of :func:`augment` (the same steps in reverse order)."""
+    if code & 4:
+        t = t.transpose(-1, -2)
+    if code & 2:
+        t = t.flip(-2)
+    if code & 1:
+        t = t.flip(-1)
+    return t
+
+
+def run_sr(model, lr_u8: torch.Tensor, scale: int, *, device: torch.device | str = "cpu",
+           tile: int | None = None, self_ensemble: bool = False) -> torch.Tensor:
+    """uint8 C x h x w LR -> float 1 x C x H x W SR output (clamped to [0, 1]) on the CPU.
+
+    The model runs through :class:`srdistill.runner.Runner`, so its size requirements (minimum,
+    multiple, square, a fixed ONNX size) are met as in ``upscale``."""
+    runner = Runner(model, device=None if hasattr(model, "session") else device, tile=tile, scale=scale)
+    x = lr_u8.to(dtype=torch.float32).unsqueeze(0) / 255.0
+    with torch.no_grad():
+        if not self_ensemble:
+            y = runner.sr(x)
+        else:
+            acc = None
+            for code in range(8):
+                out = unaugment(runner.sr(augment(x, code)), code)
+                acc = out if acc is None else acc + out
+            y = acc / 8
+    return y.clamp(0, 1).float().cpu()

@@ -26,15 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import onnxruntime as ort
 import torch
 
 from .data.images import DEFAULT_MAX_PIXELS, Image, list_images, read_image, write_image
+from .data.resize import imresize
 from .devices import resolve_device
-from .errors import ModelLoadError, OutputExistsError, SrDistillError, UnsupportedModelError, UsageError
+from .onnx_model import load_any
+from .errors import ModelLoadError, OutputExistsError, SrDistillError, UnsupportedModelError, UsageError, debug_enabled
 from .progress import NULL, Reporter, Task
 from .runner import Runner
 from .upscale_plan import _output_mode, _Plan, plan_outputs  # noqa: F401  (output planning: its own module)
-from .tiling import parse_tile as _parse_tile
+from .tiling import is_oom_error, parse_tile as _parse_tile
 
 __all__ = [
     "ALPHA_MODES",
@@ -253,8 +256,6 @@ def _is_onnx(path: Path) -> bool:
 
 def _onnx_device(name: str) -> str:
     """onnxruntime has its own CUDA support (onnxruntime-gpu): pick cpu/cuda for it."""
-    import onnxruntime as ort
-
     name = (name or "auto").strip().lower()
     has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     if name == "auto":
@@ -277,8 +278,6 @@ def load_upscale_model(path: str | os.PathLike | None = None, *, backend: str = 
     "onnx" needs an ``.onnx`` file (export a checkpoint with ``srdistill export`` first),
     "torch" a checkpoint. ``device`` "cuda" without a CUDA device is a UsageError.
     """
-    from .onnx_model import load_any
-
     backend = (backend or "auto").lower()
     p = Path(path) if path is not None else default_model_path(backend)
     onnx = _is_onnx(p)
@@ -322,8 +321,6 @@ class _Runner(Runner):
 
     def image(self, image: Image, *, outscale: float | None = None, alpha: str = "bicubic",
               reporter: Reporter | None = None) -> Image:
-        from .data.resize import imresize
-
         h, w = image.height, image.width
         oh, ow = output_size(h, w, self.scale if outscale is None else outscale)
         y = self.sr(image.to_tensor(), reporter)
@@ -421,8 +418,6 @@ def upscale_files(inputs: Iterable[str | os.PathLike], options: UpscaleOptions |
     conflicts, model loading errors for a bad model; per-file problems (unreadable,
     too large, existing output without ``overwrite``) end up in the result.
     """
-    from .errors import debug_enabled
-
     opts = options or UpscaleOptions()
     opts.validate()
     rep = reporter or NULL
@@ -476,8 +471,6 @@ def upscale_files(inputs: Iterable[str | os.PathLike], options: UpscaleOptions |
                 except Exception as e:  # noqa: BLE001 - one bad image must not stop the batch
                     if debug_enabled():
                         raise
-                    from .tiling import is_oom_error
-
                     r.error = ("out of memory; try a smaller --tile" if is_oom_error(e)
                                else f"{type(e).__name__}: {_first_line(e)}")
                 r.seconds = time.monotonic() - t0

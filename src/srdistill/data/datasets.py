@@ -8,6 +8,7 @@ as SR papers do), its HR image when there is one, and -- with the teacher cache
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,23 +17,23 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..assets import TRAIN_IMAGES, VAL_IMAGES
 from ..errors import ImageError, SrDistillError, UsageError
+from ..fileio import atomic_path
 from ..progress import NULL, Reporter
 from ..metrics import quantize_u8
+from ..runner import Runner, augment, unaugment  # noqa: F401  (augment: re-exported)
+from .images import read_image, scan_folder
 from .resize import downscale_for_sr, mod_crop
 
 _LR_DIR = re.compile(r"^(x\d+|lr_bicubic|lr_unknown|lr)$", re.IGNORECASE)
 
 
 def builtin_train_dir() -> Path:
-    from ..assets import TRAIN_IMAGES
-
     return TRAIN_IMAGES
 
 
 def builtin_val_dir() -> Path:
-    from ..assets import VAL_IMAGES
-
     return VAL_IMAGES
 
 
@@ -79,8 +80,6 @@ def lr_partner(lr_dir: Path, hr_path: Path, scale: int) -> Path | None:
 
 def _list(folder: Path, recursive: bool = True) -> list[Path]:
     """Image files under ``folder`` (sorted), leaving out the LR half of a paired layout."""
-    from .images import scan_folder
-
     if not folder.exists():
         raise UsageError(f"data folder {str(folder)!r} does not exist")
     if folder.is_file():
@@ -137,8 +136,6 @@ def load_train_image(path: Path, lr_path: Path | None, scale: int, patch_size: i
                      lr_only: bool = False, stats: DataStats | None = None) -> TrainImage | None:
     """One training image (LR made with the MATLAB downscale unless paired); None if smaller than a
     patch. An unreadable file raises SrDistillError."""
-    from .images import read_image
-
     img = read_image(path)
     if stats is not None and (img.grayscale or img.bit_depth != 8 or img.alpha is not None):
         stats.converted += 1
@@ -205,8 +202,6 @@ def teacher_output(teacher_fn: Callable[[torch.Tensor], torch.Tensor], lr: torch
                    device: torch.device, tile: int | None = 256, overlap: int = 16) -> torch.Tensor:
     """The teacher's output on one whole uint8 LR image (tiled through :class:`srdistill.runner.Runner`,
     which meets the teacher's size requirements), as uint8 (within 0.5/255)."""
-    from ..runner import Runner
-
     x = lr.to(dtype=torch.float32).unsqueeze(0) / 255.0
     with torch.no_grad():
         y = Runner(teacher_fn, device=device, tile=tile, overlap=overlap, scale=scale).sr(x)
@@ -223,10 +218,6 @@ def fill_teacher_cache(images: list[TrainImage], teacher_fn: Callable[[torch.Ten
     teacher (``teacher_key``, e.g. its sha256) and the exact LR pixels, and reused by
     later runs. Returns counts and the quantisation error bound of the targets (0.5/255).
     """
-    import hashlib
-
-    from ..fileio import atomic_path
-
     folder = Path(cache_dir) if cache_dir else None
     if folder is not None:
         try:
@@ -259,28 +250,6 @@ def fill_teacher_cache(images: list[TrainImage], teacher_fn: Callable[[torch.Ten
                         np.save(f, img.target.numpy(), allow_pickle=False)
             task.advance(1)
     return {"computed": len(images) - hits, "reused": hits, "max_quantization_error": 0.5 / 255.0}
-
-
-def augment(t: torch.Tensor, code: int) -> torch.Tensor:
-    """Apply one of the 8 flip/rotate transforms (dihedral group) to C x H x W or N x C x H x W."""
-    if code & 1:
-        t = t.flip(-1)
-    if code & 2:
-        t = t.flip(-2)
-    if code & 4:
-        t = t.transpose(-1, -2)
-    return t
-
-
-def unaugment(t: torch.Tensor, code: int) -> torch.Tensor:
-    """The inverse of :func:`augment` (the same steps in reverse order)."""
-    if code & 4:
-        t = t.transpose(-1, -2)
-    if code & 2:
-        t = t.flip(-2)
-    if code & 1:
-        t = t.flip(-1)
-    return t
 
 
 @dataclass
@@ -374,8 +343,6 @@ def load_eval_pairs(folder: str | Path, scale: int, *, reporter: Reporter = NULL
 
     With ``skipped`` (a list), an unreadable image is left out with a warning and its
     ``name: reason`` appended there; without it, the first one raises."""
-    from .images import read_image
-
     folder = Path(folder)
     if folder.is_dir() and not any(True for _ in _list(folder)) and (folder / "HR").is_dir():
         folder = folder / "HR"

@@ -31,9 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..errors import UsageError
 from ..metrics import quantize_u8
+from ..progress import NULL
+from .datasets import TrainImage, make_lr
 from .resize import quantize_uint8
 
 KERNELS = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
@@ -110,8 +113,6 @@ def degrade_clean(img: torch.Tensor, scale: int) -> torch.Tensor:
     """The clean input: MATLAB bicubic LR (the image itself at scale 1)."""
     if scale == 1:
         return img.clone()
-    from .datasets import make_lr
-
     return make_lr(img, scale)
 
 
@@ -174,7 +175,7 @@ def load_degradation(spec: str | None) -> Degradation | None:
         raise _fail(name, f"cannot read it: {getattr(e, 'strerror', None) or e}") from None
     try:
         if path.suffix.lower() == ".toml":
-            import tomllib
+            import tomllib  # lazy: stdlib only from Python 3.11 (we support 3.10), and only TOML presets need it
 
             data = tomllib.loads(text)
         else:
@@ -357,8 +358,6 @@ def add_noise(x: torch.Tensor, n: dict, rng: np.random.Generator) -> torch.Tenso
 
 def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
     """A real JPEG encode and decode (Pillow, 4:2:0 chroma) at ``quality``."""
-    from PIL import Image
-
     u8 = quantize_u8(x[0]).permute(1, 2, 0).numpy()
     mode = "L" if u8.shape[2] == 1 else "RGB"
     buf = io.BytesIO()
@@ -427,9 +426,6 @@ def variant_inputs(img, deg: Degradation, variants: int, scale: int, seed: int,
 def make_variants(images: list, deg: Degradation, variants: int, scale: int, seed: int, *,
                   reporter=None) -> tuple[list, list[float]]:
     """The training inputs of :func:`variant_inputs` for every image, and their sampling weights."""
-    from ..progress import NULL
-    from .datasets import TrainImage
-
     rep = reporter or NULL
     out, weights = [], []
     with rep.task("degrading", total=len(images) * variants) as task:

@@ -153,7 +153,7 @@ def _image_from_pil(im: PILImage.Image, path: Path, rep: Reporter) -> Image:
 
 def _cmyk_to_srgb(im: PILImage.Image, icc: bytes) -> PILImage.Image | None:
     try:
-        from PIL import ImageCms
+        from PIL import ImageCms  # lazy: only CMYK files with a profile need littlecms (a Pillow build may lack it)
 
         src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         dst = ImageCms.createProfile("sRGB")

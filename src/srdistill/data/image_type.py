@@ -85,7 +85,7 @@ class Image:
 
     def to_tensor(self, device: Any = None) -> "torch.Tensor":
         """(1, 3, H, W) float32; grayscale is replicated to 3 channels (what SR models expect)."""
-        import torch
+        import torch  # lazy: data.images is on the torch-free start-up path (`info x.onnx`, --help)
 
         a = self.rgb
         if a.shape[2] == 1:
@@ -97,7 +97,7 @@ class Image:
         """(1, 1, H, W) float32 alpha, or None."""
         if self.alpha is None:
             return None
-        import torch
+        import torch  # lazy: data.images is on the torch-free start-up path (`info x.onnx`, --help)
 
         t = torch.from_numpy(np.ascontiguousarray(self.alpha.transpose(2, 0, 1), dtype=np.float32))[None]
         return t if device is None else t.to(device)

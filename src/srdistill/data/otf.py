@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .datasets import Batch, PatchSampler, augment
+from ..runner import augment
+from .datasets import Batch, PatchSampler
 from .degrade import Degradation
 
 

@@ -31,11 +31,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.lib.format as fmt
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: no POSIX locks (see _build_lock)
+    fcntl = None
 
 from ..errors import SrDistillError, UsageError
 from ..fileio import atomic_path
 from ..progress import NULL, Reporter
+from .degrade import variant_inputs
 from .datasets import DataStats, TrainImage, list_train_entries, load_train_image, teacher_output, warn_small
 
 PACK_FORMAT = 1
@@ -67,8 +74,6 @@ class PackArray:
     def _header(self) -> int:
         """Where the data starts, after checking the header says uint8 of our shape."""
         if self._offset is None:
-            import numpy.lib.format as fmt
-
             try:
                 with open(self.path, "rb") as f:
                     version = fmt.read_magic(f)
@@ -201,8 +206,6 @@ def _inputs_of(im: TrainImage, req: PackRequest, i: int) -> list[tuple[torch.Ten
     """(LR input, sampling weight) of one image: the clean LR, or its degraded variants (+ the clean one)."""
     if req.degradation is None:
         return [(im.lr, 1.0)]
-    from .degrade import variant_inputs
-
     return [(lr, w) for lr, w, _ in variant_inputs(im, req.degradation, req.variants, req.scale, req.seed, i)]
 
 
@@ -231,9 +234,7 @@ def _build_one(folder: Path, i: int, path: Path, lr_path: Path | None, req: Pack
 
 @contextlib.contextmanager
 def _build_lock(folder: Path, shared: bool, rep: Reporter):
-    try:
-        import fcntl
-    except ImportError:  # no POSIX locks: atomic per-file writes still keep the pack consistent
+    if fcntl is None:  # no POSIX locks: atomic per-file writes still keep the pack consistent
         yield
         return
     fd = os.open(folder / ".lock", os.O_CREAT | os.O_RDWR, 0o644)

@@ -20,6 +20,11 @@ from typing import Any
 
 import torch
 
+from ..data.datasets import PatchSampler, fill_teacher_cache, load_train_images
+from ..data.degrade import load_degradation, make_variants
+from ..data.otf import OnTheFlySampler
+from ..data.pack import PackRequest, open_pack
+from ..data.upcycle import MixedSampler, label_with_targets, make_upcycled
 from ..errors import UsageError
 from ..progress import Reporter
 
@@ -39,8 +44,6 @@ class TrainingData:
 
 def prepare_data(cfg, teacher, device: torch.device, rep: Reporter, ctx, needs_teacher: bool) -> TrainingData:
     """Read or build the training data for ``cfg``; prints the data lines of the start-up summary."""
-    from ..data.degrade import load_degradation
-
     deg = load_degradation(cfg.degradation)
     use_cache = cfg.teacher_cache and needs_teacher
     if not cfg.data:
@@ -52,8 +55,6 @@ def prepare_data(cfg, teacher, device: torch.device, rep: Reporter, ctx, needs_t
         images, weights, stats, pack = _from_pack(cfg, teacher, device, rep, ctx, deg, use_cache)
         cache_info.update(storage=f"pack {pack.path}", pack=pack.to_dict())
     else:
-        from ..data.datasets import load_train_images
-
         images, stats = load_train_images(cfg.data or None, teacher.scale, cfg.patch_size,
                                           channels=teacher.input_channels, lr_only=cfg.lr_only, reporter=rep,
                                           max_images=cfg.max_images)
@@ -82,8 +83,6 @@ def _say_data(stats, cfg, rep: Reporter) -> None:
 
 
 def pack_request(cfg, teacher, deg, use_cache: bool):
-    from ..data.pack import PackRequest
-
     return PackRequest(root=cfg.pack, data=list(cfg.data), scale=teacher.scale, patch_size=cfg.patch_size,
                        channels=teacher.input_channels, lr_only=cfg.lr_only, max_images=cfg.max_images,
                        teacher_sha256=(teacher.sha256 or "") if use_cache else None,
@@ -93,15 +92,11 @@ def pack_request(cfg, teacher, deg, use_cache: bool):
 
 def open_training_pack(cfg, teacher, device, rep: Reporter, ctx, use_cache: bool):
     """``--pack DIR --build-only``: the pack alone, as a run would open it."""
-    from ..data.degrade import load_degradation
-
     return _from_pack(cfg, teacher, device, rep, ctx, load_degradation(cfg.degradation), use_cache)
 
 
 def _from_pack(cfg, teacher, device, rep: Reporter, ctx, deg, use_cache: bool):
     """The run's training pack, opened (built or completed first if needed); ``--build-only`` stops here."""
-    from ..data.pack import open_pack
-
     req = pack_request(cfg, teacher, deg, use_cache)
     images, weights, stats, info = open_pack(req, teacher if use_cache else None, device=device, reporter=rep,
                                              rank=ctx.rank, world=ctx.world_size,
@@ -115,8 +110,6 @@ def _from_pack(cfg, teacher, device, rep: Reporter, ctx, deg, use_cache: bool):
 
 
 def _fill_cache(cfg, images, teacher, device, rep: Reporter, cache_info: dict) -> None:
-    from ..data.datasets import fill_teacher_cache
-
     t0 = time.monotonic()
     fill = fill_teacher_cache(images, teacher, teacher.scale, device=device, tile=cfg.cache_tile, reporter=rep,
                               cache_dir=cfg.teacher_cache_dir, teacher_key=teacher.sha256 or "")
@@ -131,11 +124,7 @@ def _fill_cache(cfg, images, teacher, device, rep: Reporter, cache_info: dict) -
 
 
 def _sampler(cfg, images, weights, deg, teacher, rep: Reporter):
-    from ..data.datasets import PatchSampler
-
     if deg is not None and not cfg.teacher_cache:
-        from ..data.otf import OnTheFlySampler
-
         rep.info(f"degradation: {deg.describe()}, every patch degraded afresh and labelled by the live teacher "
                  "(--no-teacher-cache)")
         return OnTheFlySampler(images, teacher.scale, cfg.patch_size, deg)
@@ -144,8 +133,6 @@ def _sampler(cfg, images, weights, deg, teacher, rep: Reporter):
 
 def _degrade(cfg, deg, images, scale: int, rep: Reporter):
     """K degraded variants of every image (they replace the clean LR inputs), made once."""
-    from ..data.degrade import make_variants
-
     k = cfg.degradation_variants or DEFAULT_VARIANTS
     t0 = time.monotonic()
     out, weights = make_variants(images, deg, k, scale, cfg.seed, reporter=rep)
@@ -161,9 +148,6 @@ def _degrade(cfg, deg, images, scale: int, rep: Reporter):
 
 def _upcycle(cfg, images, teacher, device, rep: Reporter, cache_info: dict, sampler):
     """Zoom-in/zoom-out inputs labelled by the teacher (through the cache), mixed into each batch."""
-    from ..data.datasets import PatchSampler, fill_teacher_cache
-    from ..data.upcycle import MixedSampler, label_with_targets, make_upcycled
-
     t0 = time.monotonic()
     up = make_upcycled(images, teacher.scale, cfg.patch_size, cfg.seed)
     if not up:

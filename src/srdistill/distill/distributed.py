@@ -15,7 +15,9 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 
 @dataclass
@@ -31,16 +33,12 @@ class DistContext:
         return self.rank == 0
 
     def wrap(self, module: nn.Module) -> nn.Module:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         if self.device.type == "cuda":
             return DDP(module, device_ids=[self.device.index], output_device=self.device.index)
         return DDP(module)
 
     def any_flag(self, flag) -> int:
         """The largest signal number any rank received (0 for none), agreed by all ranks."""
-        import torch.distributed as dist
-
         t = torch.tensor([int(flag or 0)], device=self.device if self.device.type == "cuda" else "cpu")
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return int(t.item())
@@ -49,27 +47,19 @@ class DistContext:
         return self.device if self.device.type == "cuda" else "cpu"
 
     def sum(self, values: list[float]) -> list[float]:
-        import torch.distributed as dist
-
         t = torch.tensor(values, dtype=torch.float64, device=self._dev())
         dist.all_reduce(t)
         return t.tolist()
 
     def all_true(self, flag: bool) -> bool:
-        import torch.distributed as dist
-
         t = torch.tensor([1 if flag else 0], device=self._dev())
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return bool(t.item())
 
     def barrier(self) -> None:
-        import torch.distributed as dist
-
         dist.barrier()
 
     def mean(self, value: float) -> float:
-        import torch.distributed as dist
-
         t = torch.tensor([float(value)], dtype=torch.float64,
                          device=self.device if self.device.type == "cuda" else "cpu")
         dist.all_reduce(t)
@@ -91,8 +81,6 @@ def context() -> DistContext:
     if not launched_by_torchrun():
         _CTX = DistContext()
         return _CTX
-    import torch.distributed as dist
-
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -112,8 +100,6 @@ def context() -> DistContext:
 def shutdown() -> None:
     global _CTX
     if _CTX is not None and _CTX.enabled:
-        import torch.distributed as dist
-
         if dist.is_initialized():
             dist.destroy_process_group()
     _CTX = None

@@ -1,14 +1,14 @@
-"""Named, weighted loss terms (torchdistill-style) and the feature/adversarial helpers."""
+"""The loss functions the registered terms use: pixel losses, feature taps and adapters, the
+patch discriminator (the terms themselves are :mod:`srdistill.distill.terms`)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
+from ..models.families import tail_tap
 
 
 def charbonnier(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -28,62 +28,6 @@ def pixel_loss(name: str):
         return PIXEL_LOSSES[name.lower()]
     except KeyError:
         raise UsageError(f"unknown --loss {name!r}", hint="choose l1, charbonnier or mse") from None
-
-
-@dataclass
-class LossWeights:
-    alpha: float  # weight of the teacher (soft target) term; 1 - alpha goes to ground truth
-    feature: float
-    adversarial: float
-    pixel: str = "l1"
-    has_hr: bool = True
-    schedule: str | None = None  # description of a moving alpha (the formula then shows "a")
-    extra: dict | None = None  # more registered terms by name -> weight (--term NAME=WEIGHT)
-
-    def validate(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise UsageError(f"--alpha must be between 0 and 1, not {self.alpha}")
-        if self.feature < 0:
-            raise UsageError(f"--feature-weight must be >= 0, not {self.feature}")
-        if self.adversarial < 0:
-            raise UsageError(f"--adversarial-weight must be >= 0, not {self.adversarial}")
-        pixel_loss(self.pixel)
-        from .terms import check_extra_terms
-
-        check_extra_terms(self.extra)
-
-    def terms(self) -> dict[str, float]:
-        """Weights of the active terms, by name."""
-        out: dict[str, float] = {}
-        kd = self.alpha if self.has_hr else 1.0
-        if kd > 0:
-            out["kd"] = kd
-        if self.has_hr and self.alpha < 1:
-            out["hr"] = 1.0 - self.alpha
-        if self.feature > 0:
-            out["feature"] = self.feature
-        if self.adversarial > 0:
-            out["adv"] = self.adversarial
-        for name, w in (self.extra or {}).items():
-            if w > 0:
-                out[name] = float(w)
-        return out
-
-    def possible_terms(self) -> dict[str, float]:
-        """Every term that is active at some step (a moving alpha brings in both pixel terms)."""
-        out = self.terms()
-        if self.schedule and self.has_hr:
-            out.setdefault("kd", 0.0)
-            out.setdefault("hr", 0.0)
-            out = {k: out[k] for k in ("kd", "hr")} | {k: v for k, v in out.items() if k not in ("kd", "hr")}
-        return out
-
-    def formula(self, wsum) -> str:
-        """The printed formula: the terms' own labels, with "a" for a scheduled alpha."""
-        texts = {k: f"{w:g}" for k, w in self.possible_terms().items()}
-        if self.schedule and self.has_hr:
-            texts.update(kd="a", hr="(1-a)")
-        return wsum.formula(texts) + (f", a = {self.schedule}" if self.schedule and self.has_hr else "")
 
 
 class FeatureTaps:
@@ -133,8 +77,6 @@ class FeatureTaps:
 
 def pair_taps(student_family, student_hp: dict, teacher_family, teacher_hp: dict) -> tuple[list[str], list[str]]:
     """Corresponding tap points: evenly spaced blocks within a family, head/tail features across."""
-    from ..models.families import tail_tap
-
     if student_family is None or teacher_family is None:
         raise UsageError("feature distillation needs a teacher family srdistill knows the layers of",
                          hint="use --feature-weight 0")

@@ -26,12 +26,23 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..data.datasets import builtin_val_dir, load_eval_pairs
 from ..errors import Interrupted, SrDistillError, TrainingError, UsageError
+from ..evaluate import BicubicBaseline, score_pairs
 from ..fileio import atomic_path
+from ..models.checkpoint import save_student
+from ..models.families import get_family
+from ..models.loading import load_model
+from ..models.students import build_student, compression
+from ..models.teacher_init import can_init, check_supported, init_from_teacher
 from ..progress import Reporter
+from .config import DistillResult, argv_repr, loss_weights, needs_teacher
+from .data_stage import prepare_data
 from .loader import PlanStream, batches, default_workers
 from .losses import PIXEL_NAMES, pixel_loss
+from .resume import read_checkpoint
 from .schedule import make_schedule
+from .state import CKPT_FORMAT, EMA, Signals, finalize_reparam, lr_lambda, rng_state, set_rng_state
 from .terms import StepOutputs, TermContext, WeightedSum
 
 NAN_HOOK_ENV = "SRDISTILL_TEST_NAN_AT_STEP"  # the CLI's test hook: inject a NaN loss at this step
@@ -73,9 +84,6 @@ class Run:
     # ------------------------------------------------------------------ set-up stages
 
     def setup_models(self) -> None:
-        from ..models.loading import load_model
-        from ..models.students import build_student, compression
-        from ..models.teacher_init import can_init, check_supported
 
         cfg = self.cfg
         self.teacher = teacher = load_model(cfg.teacher, device=self.device)
@@ -102,18 +110,15 @@ class Run:
                       f"({self.comp['ratio']:.1f}x smaller)")
 
     def setup_data_and_terms(self) -> None:
-        from .data_stage import prepare_data
-        from .trainer import _loss_weights, _needs_teacher
 
         cfg = self.cfg
         self.schedule = make_schedule(cfg.alpha_schedule, cfg.alpha, cfg.alpha_end, cfg.steps)
-        self.weights = _loss_weights(cfg)
-        self.needs_teacher = _needs_teacher(cfg, self.weights)
+        self.weights = loss_weights(cfg)
+        self.needs_teacher = needs_teacher(cfg, self.weights)
         self.data = prepare_data(cfg, self.teacher, self.device, self.rep, self.ctx, self.needs_teacher)
         p = cfg.patch_size
         probe = torch.stack([im.lr[:, :p, :p] for im in self.data.images[:4]]).float().div(255).to(self.device)
         if self.init_from and not cfg.resume:  # a resumed run's weights come from its checkpoint
-            from ..models.teacher_init import init_from_teacher
 
             init_rep = init_from_teacher(self.student, self.teacher, probe)
             self.rep.info(init_rep.describe() + (" (--init auto: the student is the teacher's family)"
@@ -124,7 +129,6 @@ class Run:
         self.rep.info(self.weights.formula(self.wsum))
 
     def setup_optimiser(self) -> None:
-        from .trainer import EMA, lr_lambda
 
         cfg, student = self.cfg, self.student
         self.train_params = list(student.module.parameters()) + self.wsum.trainable_parameters()
@@ -143,8 +147,6 @@ class Run:
 
     def resume(self) -> None:
         """Weights, optimiser, EMA, terms, RNG and validation history from the checkpoint."""
-        from .resume import read_checkpoint
-        from .trainer import CKPT_FORMAT, _set_rng_state
 
         if not self.cfg.resume:
             return
@@ -161,7 +163,7 @@ class Run:
         self.wsum.load_state_dict(ck.get("terms") or {})
         if ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])
-        _set_rng_state(self.gen, ck["rng"])
+        set_rng_state(self.gen, ck["rng"])
         self.start_step = self.step = int(ck["step"])
         # validation so far: a later, worse score must not replace the best student
         self.history = list(ck.get("history") or [])
@@ -171,14 +173,12 @@ class Run:
             self.rep.warn(f"the checkpoint is already at step {self.start_step} >= --steps {self.cfg.steps}")
 
     def setup_validation(self) -> None:
-        from ..data.datasets import builtin_val_dir, load_eval_pairs
 
         cfg = self.cfg
         self.val_pairs = None
         self.bicubic: dict | None = None
         val_dirs = cfg.val if cfg.val is not None else [str(builtin_val_dir())]
         if val_dirs:
-            from ..evaluate import BicubicBaseline, score_pairs
 
             self.val_pairs = []
             for v in val_dirs:
@@ -193,8 +193,6 @@ class Run:
 
     def config_meta(self) -> None:
         """The run's options as recorded in the checkpoint, the log and the student's metadata."""
-        from ..models.families import get_family
-        from .trainer import _argv_repr
 
         cfg, student = self.cfg, self.student
         meta = {k: v for k, v in cfg.to_dict().items()
@@ -208,12 +206,11 @@ class Run:
         meta["global_batch"] = self.global_batch
         meta["world_size"] = self.world
         self.meta = meta
-        self.command = "srdistill distill " + " ".join(_argv_repr(cfg))
+        self.command = "srdistill distill " + " ".join(argv_repr(cfg))
 
     # ------------------------------------------------------------------ files
 
     def write_ckpt(self, step: int) -> None:
-        from .trainer import CKPT_FORMAT, _rng_state
 
         if not self.ctx.is_main:
             return
@@ -222,7 +219,7 @@ class Run:
             "format": CKPT_FORMAT, "version": __version__, "step": step,
             "student_arch": student.architecture, "student_hp": json.loads(json.dumps(student.hyperparameters)),
             "student": student.module.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(), "rng": _rng_state(self.gen, self.stream.state_before(step)),
+            "scheduler": self.sched.state_dict(), "rng": rng_state(self.gen, self.stream.state_before(step)),
             "terms": self.wsum.state_dict(),  # each term's learned module (adapters, a discriminator), by name
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "config": json.dumps(self.meta),
@@ -240,8 +237,6 @@ class Run:
                 os.fsync(f.fileno())
 
     def save_output(self, step: int, metrics: dict | None) -> None:
-        from ..models.checkpoint import save_student
-        from .trainer import finalize_reparam
 
         if not self.ctx.is_main:
             return
@@ -291,7 +286,6 @@ class Run:
 
     def validate(self, step: int) -> dict:
         """Mean Y-PSNR/SSIM of the EMA student; under torchrun each rank scores a shard, then all-reduce."""
-        from ..evaluate import score_pairs
 
         ema_model = copy.copy(self.student)
         ema_model.module = self.ema.module
@@ -387,7 +381,6 @@ class Run:
                       + (" (best)" if self.best is rec else ""))
 
     def loop(self) -> None:
-        from .trainer import _Signals
 
         cfg = self.cfg
         workers = cfg.workers if cfg.workers is not None else default_workers(self.device)
@@ -396,7 +389,7 @@ class Run:
         self.t_loop = time.monotonic()
         try:
             self.open_log()
-            with _Signals() as sig, self.rep.task("distilling", total=cfg.steps) as task:
+            with Signals() as sig, self.rep.task("distilling", total=cfg.steps) as task:
                 task.advance(self.step)
                 it = batches(self.stream, self.device, workers)
                 while self.step < cfg.steps:
@@ -437,7 +430,6 @@ class Run:
         return self.result()
 
     def result(self):
-        from .trainer import DistillResult
 
         loop_s = time.monotonic() - self.t_loop
         d = self.data

@@ -10,8 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.datasets import to_uint8_chw
+from ..data.images import IMAGE_EXTENSIONS, read_image, scan_folder
+from ..data.resize import downscale_for_sr, quantize_uint8
 from ..errors import ImageError, SrDistillError, UsageError
-from ..metrics import quantize_u8
+from ..metrics import psnr, quantize_u8, to_uint8
 from .verify import _first_line, _test_batch
 
 
@@ -19,8 +22,6 @@ from .verify import _first_line, _test_batch
 
 
 def _list_images(folder: Path) -> list[Path]:
-    from ..data.images import scan_folder
-
     return sorted(scan_folder(folder, recursive=False))
 
 
@@ -33,8 +34,6 @@ def _check_calibration(path) -> list[Path]:
         raise UsageError(f"--calibration {str(p)!r} is not a folder")
     imgs = _list_images(p)
     if not imgs:
-        from ..data.images import IMAGE_EXTENSIONS
-
         raise SrDistillError(f"calibration folder {str(p)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})",
                              hint="add a few representative images, or leave out --calibration for dynamic int8")
     return imgs
@@ -42,9 +41,6 @@ def _check_calibration(path) -> list[Path]:
 
 def _read_rgb(path: Path) -> np.ndarray:
     """A calibration image as H x W x 3 uint8 (the one image reader: 16-bit, gray, EXIF, alpha dropped)."""
-    from ..data.datasets import to_uint8_chw
-    from ..data.images import read_image
-
     try:
         img = read_image(path)
     except SrDistillError as e:
@@ -60,8 +56,6 @@ class _Pair:
 
 def _make_pairs(images: list[np.ndarray], model, patch: tuple[int, int], static: bool) -> list[_Pair]:
     """Centre crops: an HR crop of ``scale * patch`` and its bicubic LR (paper protocol)."""
-    from ..data.resize import downscale_for_sr, quantize_uint8
-
     s = model.scale
     m = max(1, model.multiple_of)
     lo = max(1, model.min_size)
@@ -91,8 +85,6 @@ def _make_pairs(images: list[np.ndarray], model, patch: tuple[int, int], static:
 
 
 def _psnr(sr: np.ndarray, ref_uint8: np.ndarray, scale: int) -> float:
-    from ..metrics import psnr, to_uint8
-
     return float(psnr(to_uint8(torch.from_numpy(sr)), ref_uint8, scale, test_y_channel=True))
 
 

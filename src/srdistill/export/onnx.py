@@ -15,12 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
 from .. import __version__
 from ..errors import ExportError, BadPathError, UnsupportedModelError, UsageError
 from ..fileio import atomic_path, check_writable
-from ..models.checkpoint import jsonable
+from ..metrics import to_uint8
+from ..models.checkpoint import jsonable, tensor_hash
+from ..models.families import get_family
+from ..models.loading import SRModel, load_model
 from ..progress import NULL, Reporter
 from .calibration import _check_calibration, _make_pairs, _median_ms, _psnr, _read_rgb, _synthetic_hr
 from .options import ExportOptions, ExportResult, Int8QualityError, Int8Report, Verification, _check_options
@@ -160,7 +164,7 @@ class _Exporter:
         return buf.getvalue()
 
     def simplify(self, proto):
-        import onnxslim
+        import onnxslim  # lazy: 2 s to import; --no-simplify runs skip it
 
         try:
             with _quiet_export(), contextlib.redirect_stdout(io.StringIO()):
@@ -171,7 +175,7 @@ class _Exporter:
 
     def to_fp16(self, proto):
         try:
-            from onnxruntime.transformers.float16 import convert_float_to_float16
+            from onnxruntime.transformers.float16 import convert_float_to_float16  # lazy: ~1 s, --fp16 only
         except ImportError as e:  # pragma: no cover - ships with onnxruntime
             raise ExportError(f"--fp16 needs onnxruntime.transformers.float16: {_first_line(e)}") from None
         try:
@@ -226,7 +230,7 @@ class _Exporter:
         return pairs, source
 
     def _run_quantizer(self, fp32_bytes: bytes, pairs, mode: str) -> bytes:
-        import onnx
+        # lazy: onnxruntime.quantization costs 1.5 s to import and only --int8 runs need it
         from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                               quantize_static)
 
@@ -263,8 +267,6 @@ class _Exporter:
 
     def _int8_psnr(self, s32, s8, pairs):
         """PSNR of fp32 and int8 against HR (the drop the guard judges), and int8 against fp32."""
-        from ..metrics import to_uint8
-
         s = self.model.scale
         with_hr = [p for p in pairs if p.hr is not None]
         p32, p8, pvs = [], [], []
@@ -334,8 +336,6 @@ class _Exporter:
                                             "torch": torch.__version__}),
         })
         if "srdistill.knobs" not in meta:
-            from ..models.families import get_family
-
             fam = get_family(model.architecture)
             if fam is not None:
                 try:
@@ -364,8 +364,6 @@ def _finite_or_none(d: dict) -> dict:
 
 def _load_source(model_or_path):
     """An SRModel from a path or an SRModel; ONNX files are refused with a clear message."""
-    from ..models.loading import SRModel, load_model
-
     if isinstance(model_or_path, SRModel):
         return model_or_path
     p = Path(model_or_path)
@@ -380,8 +378,6 @@ def _load_source(model_or_path):
 def _source_hash(model) -> str:
     if model.sha256:
         return model.sha256
-    from ..models.checkpoint import tensor_hash
-
     return tensor_hash({k: v for k, v in model.module.state_dict().items()})
 
 
@@ -394,7 +390,6 @@ def export_onnx(model: Any, out_path: str | os.PathLike, options: ExportOptions 
     (exit 3) when int8 loses more than ``max_psnr_drop`` dB without ``force``, and the model
     loading errors. Nothing is written unless every check passed.
     """
-    import onnx
 
     o = options or ExportOptions()
     _check_options(o)
@@ -462,7 +457,6 @@ def _check_size_options(model, o: ExportOptions, ex: "_Exporter") -> None:
 
 def _traced(ex: "_Exporter", module, trace_hw, train_only: set[str]):
     """The traced graph, checked: no training branch left, verified against PyTorch."""
-    import onnx
 
     raw = ex.torch_export(module, trace_hw)
     proto = onnx.load_from_string(raw)
@@ -542,7 +536,6 @@ def _to_int8(ex: "_Exporter", cur_bytes: bytes, calib_paths):
 
 def _write(ex: "_Exporter", proto, out: Path, precision: str) -> bytes:
     """The final model, checked by onnx.checker, written atomically."""
-    import onnx
 
     data = _serialize(proto)
     try:

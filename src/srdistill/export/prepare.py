@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .options import WINDOW_ATTENTION_FAMILIES
 from .verify import _first_line, _round_up
@@ -45,8 +46,6 @@ def _safm_forward(self, x):
     """SAFMN's SAFM block with ``adaptive_max_pool2d(x, (h // 2**i, w // 2**i))`` written as
     ``max_pool2d(x, 2**i)``: identical for inputs that are multiples of ``2**(n_levels-1)``
     (SAFMN requires multiples of 8), and exportable with dynamic height/width."""
-    import torch.nn.functional as F
-
     h, w = x.size()[-2:]
     xc = x.chunk(self.n_levels, dim=1)
     out = []

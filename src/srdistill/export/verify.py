@@ -63,7 +63,7 @@ def _quiet_export() -> Iterator[None]:
 
 
 def _session(model_bytes: bytes):
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: verification is format-neutral; only ONNX sessions need onnxruntime
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -15,12 +15,12 @@ import enum
 import sys
 import types
 
+import torch
+
 _spandrel = None
 
 
 def _shim_torchvision() -> None:
-    import torch
-
     class InterpolationMode(enum.Enum):
         NEAREST = "nearest"
         BILINEAR = "bilinear"
@@ -59,14 +59,14 @@ def import_spandrel():
     if _spandrel is not None:
         return _spandrel
     try:
-        import spandrel
+        import spandrel  # lazy: the import is the point here (retried after the torchvision stand-in)
     except Exception as e:  # noqa: BLE001 - torchvision raises RuntimeError/ImportError/OSError
         if "torchvision" not in repr(e) and not _torchvision_broken():
             raise
         for name in [m for m in sys.modules if m == "spandrel" or m.startswith("spandrel.")]:
             del sys.modules[name]
         _shim_torchvision()
-        import spandrel
+        import spandrel  # noqa: F811  (again, with the stand-in in place)
     _spandrel = spandrel
     return spandrel
 

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 from .. import __version__
 from ..fileio import atomic_path
+from ..metadata import json_safe
 from .families import get_family
 from .loading import SRModel
 
@@ -36,8 +38,6 @@ def tensor_hash(state: dict[str, torch.Tensor]) -> str:
 
 def jsonable(v: Any) -> Any:
     """Hyperparameters/config as plain JSON values (classes and functions by name)."""
-    from ..metadata import json_safe
-
     return json_safe(v)
 
 
@@ -89,8 +89,6 @@ def save_student(path: str | os.PathLike, model: SRModel, *, overwrite: bool = F
                  teacher: SRModel | None = None, config: dict | None = None, metrics: dict | None = None,
                  extra: dict | None = None) -> Path:
     """Write ``model`` as safetensors with metadata, atomically."""
-    from safetensors.torch import save_file
-
     state = clean_state_dict(model.module)
     meta = build_metadata(model, state=state, title=title, teacher=teacher, config=config, metrics=metrics,
                           extra=extra)

@@ -20,19 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._device import _device_constructors
 
 from ..fileio import sha256_file
 from ..errors import BadPathError, ModelLoadError, UnsafeModelError, UnsupportedModelError, UsageError
+from ..metadata import decode_srdistill_metadata
 from ._compat import import_spandrel
-
-spandrel = import_spandrel()
-from spandrel import ArchSupport, ModelLoader  # noqa: E402
-from spandrel.__helpers.canonicalize import canonicalize_state_dict  # noqa: E402
-
-from .archs.edsr import EDSRArch  # noqa: E402
 
 CHECKPOINT_EXTENSIONS = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
@@ -43,22 +40,43 @@ MAX_EXTRA_ELEMENTS = 16 * 1024**2
 # ... in at most 4 tensors per stored tensor plus this many (every family measured needs <= 1.1 per tensor)
 MAX_EXTRA_TENSORS = 1_000
 
-_REGISTRY = spandrel.MAIN_REGISTRY.copy()
-_REGISTRY.add(ArchSupport.from_architecture(EDSRArch(), before=tuple(a.architecture.id for a in _REGISTRY)))
-_LOADER = ModelLoader(registry=_REGISTRY)
+_REGISTRY = None  # spandrel's registry + our EDSR + add_architecture(): built by _registry() on first use
+_LOADER = None
+_ADDED: list = []  # architectures added (add_architecture) before the registry was built
 _FACTORIES = frozenset(_device_constructors())  # torch.empty, zeros, ones, rand, tensor, ...
+
+
+def _registry():
+    """The detection registry, built on first use."""
+    global _REGISTRY, _LOADER
+    if _REGISTRY is None:
+        # lazy: spandrel imports torchvision (~3 s on top of torch); a command that stops at a bad path
+        # or option says so before paying it
+        spandrel = import_spandrel()
+        from .archs.edsr import EDSRArch  # lazy: it imports spandrel (see above)
+
+        reg = spandrel.MAIN_REGISTRY.copy()
+        for arch in (EDSRArch(), *_ADDED):
+            if not any(a.architecture.id == arch.id for a in reg):
+                reg.add(spandrel.ArchSupport.from_architecture(arch, before=tuple(a.architecture.id for a in reg)))
+        _REGISTRY, _LOADER = reg, spandrel.ModelLoader(registry=reg)
+    return _REGISTRY
 
 
 def add_architecture(arch) -> None:
     """Let the loader detect one more architecture (a spandrel ``Architecture``), ahead of spandrel's own."""
+    if _REGISTRY is None:
+        _ADDED.append(arch)
+        return
     if any(a.architecture.id == arch.id for a in _REGISTRY):
         return
-    _REGISTRY.add(ArchSupport.from_architecture(arch, before=tuple(a.architecture.id for a in _REGISTRY)))
+    _REGISTRY.add(import_spandrel().ArchSupport.from_architecture(
+        arch, before=tuple(a.architecture.id for a in _REGISTRY)))
 
 
 def supported_architectures() -> list[str]:
     """Every architecture id the loader detects (spandrel's and ours)."""
-    return sorted({a.architecture.id for a in _REGISTRY}, key=str.lower)
+    return sorted({a.architecture.id for a in _registry()}, key=str.lower)
 
 
 
@@ -113,8 +131,6 @@ class SRModel:
     @property
     def srdistill(self) -> dict[str, Any]:
         """The ``srdistill.*`` metadata entries, JSON-decoded (empty for foreign files)."""
-        from ..metadata import decode_srdistill_metadata
-
         return decode_srdistill_metadata(self.metadata)
 
     @property
@@ -238,9 +254,6 @@ def _read_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]
     for (s0, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
         if s1 < e0:
             raise ModelLoadError(f"{p.name} is corrupt: tensors {n0!r} and {n1!r} overlap")
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         tensors = load_file(str(p), device="cpu")
     except (SafetensorError, ValueError, RuntimeError, OSError) as e:
@@ -317,6 +330,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         if odd:
             raise ModelLoadError(f"{p.name} is not a model state dict: key {odd[0]!r} "
                                  f"({type(odd[0]).__name__}) is not a parameter name")
+        import_spandrel()  # the torchvision stand-in first, where torchvision is broken
+        from spandrel.__helpers.canonicalize import canonicalize_state_dict  # lazy: spandrel (see _registry)
+
         tensors = canonicalize_state_dict(obj)
     elif ext == ".onnx":
         raise UnsupportedModelError(f"{p.name} is an ONNX file; this command needs a PyTorch/safetensors checkpoint")
@@ -463,10 +479,11 @@ def model_from_state_dict(state: dict[str, torch.Tensor], *, name: str = "state 
                           sha256: str | None = None, require_sr: bool = True) -> SRModel:
     """Detect the architecture of ``state`` and build the model (strict: every key must match)."""
     state = dict(state)
+    _registry()
     try:
         with _ConstructionBudget(state, name):
             desc = _LOADER.load_from_state_dict(state)
-    except spandrel.UnsupportedModelError:
+    except import_spandrel().UnsupportedModelError:
         keys = list(state)[:3]
         raise UnsupportedModelError(
             f"unknown architecture in {name} ({len(state)} tensors, first keys: {', '.join(keys)})",

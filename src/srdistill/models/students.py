@@ -10,7 +10,7 @@ import torch
 from ..errors import UsageError
 from ..progress import NULL, Reporter
 from .families import FAMILIES, Family, get_family, resolve_arch
-from .loading import SRModel, model_from_state_dict
+from .loading import SRModel, construction_budget, model_from_state_dict
 
 
 @dataclass
@@ -110,8 +110,6 @@ def build_student(teacher: SRModel, width: int, depth: int | None = None, arch: 
     spec = student_spec(teacher, width, depth, arch, allow_wider=allow_wider)
     for note in spec.notes:
         reporter.info(note)
-    from .loading import construction_budget
-
     budget = max(STUDENT_MAX_PARAMS, 4 * teacher.params)  # before seeding: counting may probe the teacher
     if seed is not None:
         torch.manual_seed(seed)

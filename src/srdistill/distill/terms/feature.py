@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ...errors import UsageError
+from ...models.families import get_family
 from ..losses import Adapters, FeatureTaps, feature_loss, pair_taps
 from . import StepOutputs, Term, TermContext, register_term
 
@@ -15,8 +16,6 @@ class FeatureTerm(Term):
 
     def __init__(self, ctx: TermContext):
         super().__init__()
-        from ...models.families import get_family
-
         s, t = ctx.student, ctx.teacher
         s_names, t_names = pair_taps(get_family(s.architecture), s.hyperparameters, get_family(t.architecture),
                                      t.hyperparameters)

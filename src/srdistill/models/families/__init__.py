@@ -48,7 +48,7 @@ class Family:
             return self.model_class
         if self.module.startswith("srdistill"):
             return getattr(importlib.import_module(self.module), self.cls_name)
-        from .._compat import import_spandrel
+        from .._compat import import_spandrel  # lazy: the registry is on the torch-free --help path
 
         import_spandrel()
         return getattr(importlib.import_module(self.module), self.cls_name)
@@ -83,7 +83,7 @@ def register_family(family: Family, *, aliases: tuple[str, ...] = (), detect: An
     for name in (family.id, *aliases):
         ALIASES[_norm(name)] = family.id
     if detect is not None:
-        from ..loading import add_architecture
+        from ..loading import add_architecture  # lazy: torch (the registry feeds --help, which must not load it)
 
         add_architecture(detect)
     return family

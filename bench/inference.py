@@ -152,7 +152,7 @@ def run(quick: bool = False, threads: int = 2) -> dict:
                 "sizes": {"256x256": {"torch_eager": round(_mps(tt, 256, 256, 4), 4),
                                       "spandrel_loop": round(_mps(ts, 256, 256, 4), 4)}}}
     doc = {"settings": {"threads": threads, "repeats": repeats, "quick": quick, "unit": "output MP/s",
-                        "int8": "static QDQ, per-channel, calibrated on T91 LR patches"}, "results": results}
+                        "int8": "static QDQ, per-channel, reduce_range (7-bit weights), calibrated on T91 LR patches"}, "results": results}
     save("inference" + ("_quick" if quick else ""), doc)
     return doc
 

@@ -32,7 +32,8 @@ def export_cmd(
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify the graph with onnxslim "
                                   "(re-verified; on by default)."),
     int8: bool = typer.Option(False, "--int8", help="int8 quantization with onnxruntime: static QDQ calibrated on "
-                              "--calibration images, dynamic without them."),
+                              "--calibration images, dynamic without them; 7-bit-range weights, so CPUs "
+                              "without VNNI do not saturate."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="Folder of HR images for static int8 "
                                                "calibration and the PSNR check (LR is made by bicubic downscale); "
                                                "it must exist and hold images. Without it --int8 is dynamic."),

@@ -17,7 +17,8 @@ Stages (each one re-verified against the same fp32 PyTorch references):
 3. ``--fp16``: ``onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True)``
    (internal fp16, float32 I/O so the contract holds), refused when the fp16 graph produces
    NaN/inf or differs from fp32 PyTorch by more than 2e-2.
-4. ``--int8``: onnxruntime static QDQ quantization (per-channel int8 weights, uint8 activations)
+4. ``--int8``: onnxruntime static QDQ quantization (per-channel 7-bit-range int8 weights, which keeps
+   CPUs without VNNI from saturating, and uint8 activations)
    calibrated on LR patches made from ``--calibration DIR`` (images are treated as HR and
    downscaled with srdistill's MATLAB-compatible bicubic), or dynamic quantization when no
    calibration folder is given (its quality is then measured on built-in synthetic images).

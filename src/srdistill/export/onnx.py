@@ -254,11 +254,15 @@ class _Exporter:
                             def rewind(self):
                                 self._it = iter(feeds)
 
+                        # reduce_range: 7-bit weights. On x86 CPUs without VNNI, onnxruntime's u8 x s8 kernels
+                        # (VPMADDUBSW) saturate their 16-bit sums; the file may run on any CPU, so it is made
+                        # safe for all (the bundled default model: a 0.49 dB drop without it, 0.06 dB with it)
                         quantize_static(str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ,
-                                        per_channel=True, activation_type=QuantType.QUInt8,
+                                        per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
                                         weight_type=QuantType.QInt8)
                     else:
-                        quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8)
+                        quantize_dynamic(str(src), str(dst), per_channel=True, reduce_range=True,
+                                         weight_type=QuantType.QInt8)
             except Exception as e:  # noqa: BLE001
                 raise ExportError(f"int8 quantization ({mode}) failed: {_first_line(e)}") from None
             int8_proto = onnx.load(str(dst))

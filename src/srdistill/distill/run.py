@@ -84,7 +84,6 @@ class Run:
     # ------------------------------------------------------------------ set-up stages
 
     def setup_models(self) -> None:
-
         cfg = self.cfg
         self.teacher = teacher = load_model(cfg.teacher, device=self.device)
         teacher.module.eval()
@@ -110,7 +109,6 @@ class Run:
                       f"({self.comp['ratio']:.1f}x smaller)")
 
     def setup_data_and_terms(self) -> None:
-
         cfg = self.cfg
         self.schedule = make_schedule(cfg.alpha_schedule, cfg.alpha, cfg.alpha_end, cfg.steps)
         self.weights = loss_weights(cfg)
@@ -129,7 +127,6 @@ class Run:
         self.rep.info(self.weights.formula(self.wsum))
 
     def setup_optimiser(self) -> None:
-
         cfg, student = self.cfg, self.student
         self.train_params = list(student.module.parameters()) + self.wsum.trainable_parameters()
         self.opt = torch.optim.AdamW(self.train_params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
@@ -147,7 +144,6 @@ class Run:
 
     def resume(self) -> None:
         """Weights, optimiser, EMA, terms, RNG and validation history from the checkpoint."""
-
         if not self.cfg.resume:
             return
         ck = read_checkpoint(self.paths["ckpt"], CKPT_FORMAT)
@@ -173,13 +169,11 @@ class Run:
             self.rep.warn(f"the checkpoint is already at step {self.start_step} >= --steps {self.cfg.steps}")
 
     def setup_validation(self) -> None:
-
         cfg = self.cfg
         self.val_pairs = None
         self.bicubic: dict | None = None
         val_dirs = cfg.val if cfg.val is not None else [str(builtin_val_dir())]
         if val_dirs:
-
             self.val_pairs = []
             for v in val_dirs:
                 self.val_pairs += load_eval_pairs(v, self.teacher.scale, reporter=self.rep)
@@ -193,7 +187,6 @@ class Run:
 
     def config_meta(self) -> None:
         """The run's options as recorded in the checkpoint, the log and the student's metadata."""
-
         cfg, student = self.cfg, self.student
         meta = {k: v for k, v in cfg.to_dict().items()
                 if k not in ("resume", "overwrite", "out", "explicit", "pack", "workers", "build_only")}
@@ -211,7 +204,6 @@ class Run:
     # ------------------------------------------------------------------ files
 
     def write_ckpt(self, step: int) -> None:
-
         if not self.ctx.is_main:
             return
         student = self.student
@@ -237,7 +229,6 @@ class Run:
                 os.fsync(f.fileno())
 
     def save_output(self, step: int, metrics: dict | None) -> None:
-
         if not self.ctx.is_main:
             return
         out_model = copy.copy(self.student)
@@ -286,7 +277,6 @@ class Run:
 
     def validate(self, step: int) -> dict:
         """Mean Y-PSNR/SSIM of the EMA student; under torchrun each rank scores a shard, then all-reduce."""
-
         ema_model = copy.copy(self.student)
         ema_model.module = self.ema.module
         mine = self.val_pairs[self.ctx.rank::self.world]
@@ -381,7 +371,6 @@ class Run:
                       + (" (best)" if self.best is rec else ""))
 
     def loop(self) -> None:
-
         cfg = self.cfg
         workers = cfg.workers if cfg.workers is not None else default_workers(self.device)
         self.stream = PlanStream(self.data.sampler, self.gen, self.global_batch, cfg.batch_size, self.ctx.rank,
@@ -430,7 +419,6 @@ class Run:
         return self.result()
 
     def result(self):
-
         loop_s = time.monotonic() - self.t_loop
         d = self.data
         return DistillResult(

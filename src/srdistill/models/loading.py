@@ -40,43 +40,42 @@ MAX_EXTRA_ELEMENTS = 16 * 1024**2
 # ... in at most 4 tensors per stored tensor plus this many (every family measured needs <= 1.1 per tensor)
 MAX_EXTRA_TENSORS = 1_000
 
-_REGISTRY = None  # spandrel's registry + our EDSR + add_architecture(): built by _registry() on first use
-_LOADER = None
-_ADDED: list = []  # architectures added (add_architecture) before the registry was built
+_LOADER = None  # spandrel's loader over its registry + our EDSR + add_architecture(): built by _loader()
+_ADDED: list = []  # architectures from add_architecture(), put ahead of spandrel's own
 _FACTORIES = frozenset(_device_constructors())  # torch.empty, zeros, ones, rand, tensor, ...
 
 
-def _registry():
-    """The detection registry, built on first use."""
-    global _REGISTRY, _LOADER
-    if _REGISTRY is None:
+def _add(registry, arch, spandrel) -> None:
+    if not any(a.architecture.id == arch.id for a in registry):
+        registry.add(spandrel.ArchSupport.from_architecture(arch, before=tuple(a.architecture.id for a in registry)))
+
+
+def _loader():
+    """The model loader, built on first use."""
+    global _LOADER
+    if _LOADER is None:
         # lazy: spandrel imports torchvision (~3 s on top of torch); a command that stops at a bad path
         # or option says so before paying it
         spandrel = import_spandrel()
         from .archs.edsr import EDSRArch  # lazy: it imports spandrel (see above)
 
-        reg = spandrel.MAIN_REGISTRY.copy()
+        registry = spandrel.MAIN_REGISTRY.copy()
         for arch in (EDSRArch(), *_ADDED):
-            if not any(a.architecture.id == arch.id for a in reg):
-                reg.add(spandrel.ArchSupport.from_architecture(arch, before=tuple(a.architecture.id for a in reg)))
-        _REGISTRY, _LOADER = reg, spandrel.ModelLoader(registry=reg)
-    return _REGISTRY
+            _add(registry, arch, spandrel)
+        _LOADER = spandrel.ModelLoader(registry=registry)
+    return _LOADER
 
 
 def add_architecture(arch) -> None:
     """Let the loader detect one more architecture (a spandrel ``Architecture``), ahead of spandrel's own."""
-    if _REGISTRY is None:
-        _ADDED.append(arch)
-        return
-    if any(a.architecture.id == arch.id for a in _REGISTRY):
-        return
-    _REGISTRY.add(import_spandrel().ArchSupport.from_architecture(
-        arch, before=tuple(a.architecture.id for a in _REGISTRY)))
+    _ADDED.append(arch)
+    if _LOADER is not None:
+        _add(_LOADER.registry, arch, import_spandrel())
 
 
 def supported_architectures() -> list[str]:
     """Every architecture id the loader detects (spandrel's and ours)."""
-    return sorted({a.architecture.id for a in _registry()}, key=str.lower)
+    return sorted({a.architecture.id for a in _loader().registry}, key=str.lower)
 
 
 
@@ -331,7 +330,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             raise ModelLoadError(f"{p.name} is not a model state dict: key {odd[0]!r} "
                                  f"({type(odd[0]).__name__}) is not a parameter name")
         import_spandrel()  # the torchvision stand-in first, where torchvision is broken
-        from spandrel.__helpers.canonicalize import canonicalize_state_dict  # lazy: spandrel (see _registry)
+        from spandrel.__helpers.canonicalize import canonicalize_state_dict  # lazy: spandrel (see _loader)
 
         tensors = canonicalize_state_dict(obj)
     elif ext == ".onnx":
@@ -479,10 +478,10 @@ def model_from_state_dict(state: dict[str, torch.Tensor], *, name: str = "state 
                           sha256: str | None = None, require_sr: bool = True) -> SRModel:
     """Detect the architecture of ``state`` and build the model (strict: every key must match)."""
     state = dict(state)
-    _registry()
+    loader = _loader()
     try:
         with _ConstructionBudget(state, name):
-            desc = _LOADER.load_from_state_dict(state)
+            desc = loader.load_from_state_dict(state)
     except import_spandrel().UnsupportedModelError:
         keys = list(state)[:3]
         raise UnsupportedModelError(

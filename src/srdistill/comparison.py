@@ -109,7 +109,7 @@ def _representative_crop(rows: list[ModelRow], ds: dict, grids: dict, pairs) -> 
 
 
 def _make_comparison(path: Path, rows_spec: list[_Entry], rows: list[ModelRow], ds: dict,
-                     crop: tuple[int, int, int, int] | None, grids: dict, win: int, scale: int,
+                     crop: tuple[int, int, int, int] | None, grids: dict, scale: int,
                      device: torch.device, tile: int | None, opts: EvalOptions, rep: Reporter) -> dict:
     pairs = ds["pairs"]
     to_teacher = opts.reference == "teacher"

@@ -225,7 +225,7 @@ class _Evaluation:
         comparison = None
         if self.comparison_path is not None:
             comparison = _make_comparison(self.comparison_path, self.rows_spec, self.rows, self.datasets[0],
-                                          self.crop, self.grids, self.win, self.scale, self.device, self.tile,
+                                          self.crop, self.grids, self.scale, self.device, self.tile,
                                           self.opts, self.rep)
         gate = self.quality_gate()
         self.warn_below_bicubic()

@@ -37,11 +37,6 @@ class ModelInfo:
         return asdict(self)
 
 
-def _plain(v: Any) -> Any:
-    """JSON-safe hyperparameters: spandrel keeps some as callables/classes (RCAN's ``conv``, SwinIR's ``norm_layer``)."""
-    return json_safe(v)
-
-
 def model_info(path: str | os.PathLike) -> ModelInfo:
     p = Path(path)
     if p.suffix.lower() == ".onnx":
@@ -66,6 +61,6 @@ def model_info(path: str | os.PathLike) -> ModelInfo:
         output_channels=m.output_channels,
         size_requirements={"minimum": m.min_size, "multiple_of": m.multiple_of, "square": m.square},
         fp16_safe=m.supports_half, bf16_safe=m.supports_bfloat16, tiling=m.tiling,
-        hyperparameters=_plain(m.hyperparameters), srdistill=m.srdistill,
+        hyperparameters=json_safe(m.hyperparameters), srdistill=m.srdistill,
         modelspec={k[10:]: v for k, v in m.metadata.items() if k.startswith("modelspec.")}, sha256=m.sha256,
     )

@@ -30,6 +30,7 @@ import math
 import numpy as np
 import torch
 
+from .data.image_type import quantize_u8  # noqa: F401  (re-exported: the one quantiser lives with the image type)
 from .errors import UsageError
 
 __all__ = ["rgb_to_y", "psnr", "ssim", "to_uint8", "score", "gaussian_window_1d"]
@@ -141,14 +142,6 @@ def ssim(img1: np.ndarray, img2: np.ndarray, crop_border: int, test_y_channel: b
             f"ssim needs at least 11x11 pixels after cropping, got {a.shape[0]}x{a.shape[1]}"
         )
     return float(np.mean([_ssim_channel(a[..., i], b[..., i]) for i in range(a.shape[2])]))
-
-
-def quantize_u8(x):
-    """The one float -> uint8 quantiser: clamp to [0, 1], times 255, round half to even.
-    A torch tensor or a numpy array in, the same kind and layout out (dtype uint8)."""
-    if isinstance(x, torch.Tensor):
-        return torch.round(x.clamp(0.0, 1.0) * 255.0).to(torch.uint8)
-    return np.rint(np.clip(np.asarray(x), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def to_uint8(t: torch.Tensor) -> np.ndarray:

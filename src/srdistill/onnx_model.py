@@ -21,11 +21,15 @@ from .metadata import decode_srdistill_metadata, metadata_int
 # import this module for .pth checkpoints too.
 
 
-def _providers(device: str) -> list[str]:
+def cuda_provider_available() -> bool:
+    """Whether this onnxruntime can run on CUDA (onnxruntime-gpu)."""
     import onnxruntime as ort  # lazy (see the note at the top)
 
-    avail = ort.get_available_providers()
-    if str(device).startswith("cuda") and "CUDAExecutionProvider" in avail:
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def _providers(device: str) -> list[str]:
+    if str(device).startswith("cuda") and cuda_provider_available():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
@@ -74,14 +78,6 @@ class OnnxModel:
     input_channels: int = 3
     supports_half: bool = False
     tiling: str = "supported"
-
-    @property
-    def size_requirements(self):
-        """What this model needs of its input (the runnable contract, :mod:`srdistill.runner`)."""
-        from .runner import SizeRequirements  # lazy: runner imports tiling, which imports torch
-
-        return SizeRequirements(int(self.min_size or 0), int(self.multiple_of or 1), bool(getattr(self, "square", False)),
-                                tuple(getattr(self, "static_size", None) or ()) or None)
 
     @property
     def name(self) -> str:

@@ -32,11 +32,8 @@ class SizeRequirements:
 
 
 def size_requirements(model: Any) -> SizeRequirements:
-    """The :class:`SizeRequirements` a runnable states (SRModel and OnnxModel have the property; other
-    objects through the same attributes; none for a plain function)."""
-    req = getattr(model, "size_requirements", None)
-    if isinstance(req, SizeRequirements):
-        return req
+    """The :class:`SizeRequirements` a runnable states through its attributes (SRModel, OnnxModel or
+    any object with them; none for a plain function)."""
     static = tuple(getattr(model, "static_size", None) or ()) or None
     return SizeRequirements(int(getattr(model, "min_size", 0) or 0), int(getattr(model, "multiple_of", 1) or 1),
                             bool(getattr(model, "square", False)), static)
@@ -140,12 +137,6 @@ def _pad_to(x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
     return pad_bottom_right(x, th, tw)
 
 
-def run_tiled(model: Any, x: torch.Tensor, *, device: Any = None, tile: Any = None, overlap: int = 16,
-              scale: int | None = None) -> torch.Tensor:
-    """``model`` on ``x`` (1 x C x H x W float, CPU) through a :class:`Runner`; float32 output on the CPU."""
-    return Runner(model, device=device, tile=tile, overlap=overlap, scale=scale).sr(x)
-
-
 def augment(t: torch.Tensor, code: int) -> torch.Tensor:
     """Apply one of the 8 flip/rotate transforms (dihedral group) to C x H x W or N x C x H x W."""
     if code & 1:
@@ -169,12 +160,12 @@ def unaugment(t: torch.Tensor, code: int) -> torch.Tensor:
 
 
 def run_sr(model, lr_u8: torch.Tensor, scale: int, *, device: torch.device | str = "cpu",
-           tile: int | None = None, self_ensemble: bool = False) -> torch.Tensor:
+           tile: int | None = None, overlap: int = 16, self_ensemble: bool = False) -> torch.Tensor:
     """uint8 C x h x w LR -> float 1 x C x H x W SR output (clamped to [0, 1]) on the CPU.
 
     The model runs through :class:`srdistill.runner.Runner`, so its size requirements (minimum,
     multiple, square, a fixed ONNX size) are met as in ``upscale``."""
-    runner = Runner(model, device=None if hasattr(model, "session") else device, tile=tile, scale=scale)
+    runner = Runner(model, device=device, tile=tile, overlap=overlap, scale=scale)
     x = lr_u8.to(dtype=torch.float32).unsqueeze(0) / 255.0
     with torch.no_grad():
         if not self_ensemble:

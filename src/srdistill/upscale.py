@@ -26,13 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import onnxruntime as ort
 import torch
 
 from .data.images import DEFAULT_MAX_PIXELS, Image, list_images, read_image, write_image
 from .data.resize import imresize
 from .devices import resolve_device
-from .onnx_model import load_any
+from .onnx_model import cuda_provider_available, load_any
 from .errors import ModelLoadError, OutputExistsError, SrDistillError, UnsupportedModelError, UsageError, debug_enabled
 from .progress import NULL, Reporter, Task
 from .runner import Runner
@@ -257,7 +256,7 @@ def _is_onnx(path: Path) -> bool:
 def _onnx_device(name: str) -> str:
     """onnxruntime has its own CUDA support (onnxruntime-gpu): pick cpu/cuda for it."""
     name = (name or "auto").strip().lower()
-    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    has_cuda = cuda_provider_available()
     if name == "auto":
         return "cuda" if has_cuda and torch.cuda.is_available() else "cpu"
     if name == "cpu":
@@ -438,7 +437,7 @@ def upscale_files(inputs: Iterable[str | os.PathLike], options: UpscaleOptions |
         plan = plan_outputs(ins, files, opts, scale)
         for s, origin in plan.dropped:
             rep.info(f"leaving out {s}: it is the output of {origin}")
-        runner = _Runner(model, device=None if minfo["backend"] != "torch" else minfo["device"], tile=opts.tile,
+        runner = _Runner(model, device=minfo["device"], tile=opts.tile,
                          overlap=opts.tile_overlap, reporter=rep)
         if getattr(model, "tiling", "supported") in ("discouraged", "internal") and isinstance(opts.tile, int) \
                 and not runner.static:

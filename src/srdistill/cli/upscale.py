@@ -101,7 +101,6 @@ def upscale_cmd(
 
 
 def _render(res) -> None:
-    m = res.model
     con = stdout_console()
     if not con.is_terminal:
         _render_lines(res, con)

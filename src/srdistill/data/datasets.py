@@ -22,7 +22,7 @@ from ..errors import ImageError, SrDistillError, UsageError
 from ..fileio import atomic_path
 from ..progress import NULL, Reporter
 from ..metrics import quantize_u8
-from ..runner import Runner, augment, unaugment  # noqa: F401  (augment: re-exported)
+from ..runner import augment, run_sr, unaugment  # noqa: F401  (augment: re-exported)
 from .images import read_image, scan_folder
 from .resize import downscale_for_sr, mod_crop
 
@@ -202,10 +202,7 @@ def teacher_output(teacher_fn: Callable[[torch.Tensor], torch.Tensor], lr: torch
                    device: torch.device, tile: int | None = 256, overlap: int = 16) -> torch.Tensor:
     """The teacher's output on one whole uint8 LR image (tiled through :class:`srdistill.runner.Runner`,
     which meets the teacher's size requirements), as uint8 (within 0.5/255)."""
-    x = lr.to(dtype=torch.float32).unsqueeze(0) / 255.0
-    with torch.no_grad():
-        y = Runner(teacher_fn, device=device, tile=tile, overlap=overlap, scale=scale).sr(x)
-    return quantize_u8(y[0]).cpu().contiguous()
+    return quantize_u8(run_sr(teacher_fn, lr, scale, device=device, tile=tile, overlap=overlap)[0]).contiguous()
 
 
 def fill_teacher_cache(images: list[TrainImage], teacher_fn: Callable[[torch.Tensor], torch.Tensor], scale: int,

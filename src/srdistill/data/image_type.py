@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,15 @@ from PIL import Image as PILImage
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
+
+def quantize_u8(x):
+    """The one float -> uint8 quantiser: clamp to [0, 1], times 255, round half to even.
+    A torch tensor or a numpy array in, the same kind and layout out (dtype uint8)."""
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is loaded; image I/O never imports it
+    if torch is not None and isinstance(x, torch.Tensor):
+        return torch.round(x.clamp(0.0, 1.0) * 255.0).to(torch.uint8)
+    return np.rint(np.clip(np.asarray(x), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 #: Extensions ``list_images`` picks up from folders and glob patterns (lower case).

@@ -41,7 +41,7 @@ from ..progress import NULL, Reporter
 # so tests can wrap them
 from .png16 import _Png, _PngError, _decode_png, _png_data_shortfall, _png_ihdr, _write_png  # noqa: F401
 from .image_type import (_LUMA, _ORIENTATION_TAG, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS,  # noqa: F401
-                         WRITE_FORMATS, Image, _to_hwc)
+                         WRITE_FORMATS, Image, _to_hwc, quantize_u8)
 from .image_decode import (_DECODE_ERRORS, _check_pixels, _describe, _image_from_pil,  # noqa: F401
                            _image_from_png16, _open_pil)
 from .image_files import list_images, scan_folder  # noqa: F401
@@ -189,11 +189,9 @@ def output_format(path: str | os.PathLike) -> str:
 
 
 def _quantize(a: np.ndarray, bits: int) -> np.ndarray:
-    """Pixels for a file: 8 bits through the one quantiser (metrics.quantize_u8), or 16 bits; NaN -> 0."""
+    """Pixels for a file: 8 bits through the one quantiser (image_type.quantize_u8), or 16 bits; NaN -> 0."""
     a = np.nan_to_num(a, nan=0.0)
     if bits != 16:
-        from ..metrics import quantize_u8  # lazy: metrics imports torch, reading/writing images does not
-
         return quantize_u8(a)
     return np.rint(np.clip(a, 0.0, 1.0) * 65535.0).astype(np.uint16)
 

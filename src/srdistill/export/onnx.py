@@ -21,12 +21,13 @@ import torch
 from .. import __version__
 from ..errors import ExportError, BadPathError, UnsupportedModelError, UsageError
 from ..fileio import atomic_path, check_writable
-from ..metrics import to_uint8
-from ..models.checkpoint import jsonable, tensor_hash
+from ..metrics import psnr, to_uint8
+from ..metadata import json_safe
+from ..models.checkpoint import tensor_hash
 from ..models.families import get_family
 from ..models.loading import SRModel, load_model
 from ..progress import NULL, Reporter
-from .calibration import _check_calibration, _make_pairs, _median_ms, _psnr, _read_rgb, _synthetic_hr
+from .calibration import _check_calibration, _make_pairs, _median_ms, _read_rgb, _synthetic_hr
 from .options import ExportOptions, ExportResult, Int8QualityError, Int8Report, Verification, _check_options
 from .prepare import _fold_reparameterized, _fp16_hazards, _patch_for_export, _suggest_static, _uses_window_attention
 from .surgery import _initializer_names, _set_io, _toposort
@@ -180,7 +181,7 @@ class _Exporter:
             raise ExportError(f"--fp16 needs onnxruntime.transformers.float16: {_first_line(e)}") from None
         try:
             with _quiet_export():
-                half = convert_float_to_float16(copy.deepcopy(proto), keep_io_types=True)
+                half = convert_float_to_float16(proto, keep_io_types=True)  # a failure ends the export: no copy kept
         except Exception as e:  # noqa: BLE001
             raise ExportError(f"fp16 conversion failed: {_first_line(e)}") from None
         _toposort(half.graph)
@@ -280,11 +281,12 @@ class _Exporter:
                 (y8,) = s8.run(["output"], {"input": p.lr})
                 if not np.isfinite(y8).all():
                     raise ExportError("the int8 model outputs NaN/inf on the calibration images")
-                ref32 = to_uint8(torch.from_numpy(np.asarray(y32, dtype=np.float32)))
-                pvs.append(_psnr(np.asarray(y8, dtype=np.float32), ref32, s))
+                u32 = to_uint8(torch.from_numpy(np.asarray(y32, dtype=np.float32)))  # each output quantised once
+                u8 = to_uint8(torch.from_numpy(np.asarray(y8, dtype=np.float32)))
+                pvs.append(float(psnr(u8, u32, s, test_y_channel=True)))
                 if p.hr is not None:
-                    p32.append(_psnr(np.asarray(y32, dtype=np.float32), p.hr, s))
-                    p8.append(_psnr(np.asarray(y8, dtype=np.float32), p.hr, s))
+                    p32.append(float(psnr(u32, p.hr, s, test_y_channel=True)))
+                    p8.append(float(psnr(u8, p.hr, s, test_y_channel=True)))
                 task.advance(1)
 
         def mean(v):
@@ -329,7 +331,7 @@ class _Exporter:
             "srdistill.version": json.dumps(__version__),
             "srdistill.scale": json.dumps(int(model.scale)),
             "srdistill.architecture": json.dumps(model.architecture),
-            "srdistill.hyperparameters": json.dumps(jsonable(model.hyperparameters or {})),
+            "srdistill.hyperparameters": json.dumps(json_safe(model.hyperparameters or {})),
             "srdistill.source_sha256": json.dumps(source_sha256),
             "srdistill.params": json.dumps(int(params)),
             "srdistill.min_size": json.dumps(int(model.min_size)),
@@ -350,7 +352,7 @@ class _Exporter:
         if self.static:
             meta["srdistill.static_size"] = json.dumps(list(self.static))
         if quant is not None:
-            meta["srdistill.quantization"] = json.dumps(_finite_or_none(quant.to_dict()))
+            meta["srdistill.quantization"] = json.dumps(json_safe(quant.to_dict()))
         del proto.metadata_props[:]
         for k in sorted(meta):
             e = proto.metadata_props.add()
@@ -359,11 +361,6 @@ class _Exporter:
         proto.producer_version = __version__
         proto.doc_string = (f"{model.architecture} x{model.scale} super-resolution; input 'input' NCHW float32 RGB "
                             f"in [0, 1]" + (f", fixed size {self.static[0]}x{self.static[1]}" if self.static else ""))
-
-
-def _finite_or_none(d: dict) -> dict:
-    """JSON-safe (metadata values must be strict JSON): non-finite floats become None."""
-    return jsonable(d)
 
 
 def _load_source(model_or_path):

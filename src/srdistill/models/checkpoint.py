@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -34,11 +33,6 @@ def tensor_hash(state: dict[str, torch.Tensor]) -> str:
         # reshape first: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-def jsonable(v: Any) -> Any:
-    """Hyperparameters/config as plain JSON values (classes and functions by name)."""
-    return json_safe(v)
 
 
 def clean_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -64,7 +58,7 @@ def build_metadata(model: SRModel, *, state: dict[str, torch.Tensor], title: str
         "srdistill.version": json.dumps(__version__),
         "srdistill.scale": json.dumps(model.scale),
         "srdistill.architecture": json.dumps(model.architecture),
-        "srdistill.hyperparameters": json.dumps(jsonable(model.hyperparameters)),
+        "srdistill.hyperparameters": json.dumps(json_safe(model.hyperparameters)),
         "srdistill.knobs": json.dumps(knobs),
         "srdistill.params": json.dumps(model.params),
     }
@@ -77,11 +71,11 @@ def build_metadata(model: SRModel, *, state: dict[str, torch.Tensor], title: str
             "scale": teacher.scale,
         })
     if config is not None:
-        meta["srdistill.config"] = json.dumps(jsonable(config))
+        meta["srdistill.config"] = json.dumps(json_safe(config))
     if metrics is not None:
-        meta["srdistill.metrics"] = json.dumps(jsonable(metrics))
+        meta["srdistill.metrics"] = json.dumps(json_safe(metrics))
     for k, v in (extra or {}).items():
-        meta[k if "." in k else f"srdistill.{k}"] = v if isinstance(v, str) else json.dumps(jsonable(v))
+        meta[k if "." in k else f"srdistill.{k}"] = v if isinstance(v, str) else json.dumps(json_safe(v))
     return meta
 
 

@@ -133,14 +133,6 @@ class SRModel:
         return decode_srdistill_metadata(self.metadata)
 
     @property
-    def size_requirements(self):
-        """What this model needs of its input (the runnable contract, :mod:`srdistill.runner`)."""
-        from ..runner import SizeRequirements  # lazy: runner imports tiling, which imports torch
-
-        return SizeRequirements(int(self.min_size or 0), int(self.multiple_of or 1), bool(getattr(self, "square", False)),
-                                tuple(getattr(self, "static_size", None) or ()) or None)
-
-    @property
     def name(self) -> str:
         return self.path.name if self.path else self.architecture
 

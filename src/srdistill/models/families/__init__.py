@@ -128,8 +128,6 @@ def tail_tap(family: Family, hp: dict) -> str:
     if family.tail:
         return family.tail
     blocks = family.blocks(hp)
-    if family.id == "Compact":
-        return f"body.{2 * hp['num_conv'] + 1}"
     return blocks[-1] if blocks else family.head
 
 

@@ -105,11 +105,11 @@ class Runner:
     def _per_channel(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self._call(x[:, i : i + 1]) for i in range(x.shape[1])], dim=1)
 
-    def sr(self, x: torch.Tensor, reporter: Reporter | None = None) -> torch.Tensor:
-        """(1, C, H, W) float32 on the CPU -> (1, C', H*scale, W*scale) float32 on the CPU."""
+    def sr(self, x: torch.Tensor, reporter: Reporter | None = None, out_device: Any = "cpu") -> torch.Tensor:
+        """(1, C, H, W) float32 on the CPU -> (1, C', H*scale, W*scale) float32 on ``out_device``."""
         rep = reporter or self.rep
         kw = dict(overlap=self.overlap, min_size=self.min_size, multiple_of=self.multiple_of, square=self.square,
-                  reporter=rep, device=self.device, out_device="cpu")
+                  reporter=rep, device=self.device, out_device=out_device)
         if self.tile != "auto":
             self.last_tile = self.tile
             return upscale_tensor(self.fn, x, self.scale, tile=self.tile, **kw)
@@ -171,9 +171,9 @@ def run_sr(model, lr_u8: torch.Tensor, scale: int, *, device: torch.device | str
         if not self_ensemble:
             y = runner.sr(x)
         else:
-            acc = None
+            acc, dev = None, runner.device or "cpu"  # the 8 outputs are summed where the model ran
             for code in range(8):
-                out = unaugment(runner.sr(augment(x, code)), code)
+                out = unaugment(runner.sr(augment(x, code), out_device=dev), code)
                 acc = out if acc is None else acc + out
             y = acc / 8
     return y.clamp(0, 1).float().cpu()

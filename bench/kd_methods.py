@@ -48,31 +48,31 @@ def _teacher_scores(student, teacher, pairs) -> float:
     return score_pairs(student, teacher_reference(pairs, teacher, 4), 4)["psnr"]
 
 
-def one_run(teacher_name: str, method: str, seed: int, steps: int, work: Path, cache: Path | None,
-            threads: int | None, quick: bool = False) -> dict:
+def train_and_score(teacher_file: str, overrides: dict, seed: int, steps: int, out: Path, cache: Path | None,
+                    threads: int | None, quick: bool = False) -> tuple[dict, Path]:
+    """One DCTLSA/anime -> Compact 32/8 run of the study recipe (train data, LR patch 32, batch 16,
+    lr 1e-3) with ``overrides``; the row's common fields and Set5/Set14 scores, and the student file."""
     from srdistill.data.datasets import load_eval_pairs
     from srdistill.distill.trainer import DistillConfig, distill
     from srdistill.evaluate import score_pairs
     from srdistill.models.loading import load_model
 
-    file, methods = PAIRS[teacher_name]
-    teacher = need_shared("weights", file)
+    teacher = need_shared("weights", teacher_file)
     sets = {n: load_eval_pairs(need_shared("data", n, "HR"), 4) for n in ("Set5", "Set14")}
     if quick:
         sets = {n: v[:1] for n, v in sets.items()}
-    out = work / f"{teacher_name}_{method}_s{seed}.safetensors"
     for suffix in (".safetensors", ".ckpt", ".train.jsonl"):
         out.with_suffix(suffix).unlink(missing_ok=True)
     cfg = DistillConfig(teacher=str(teacher), student_arch="compact", student_width=32, student_depth=8,
                         data=[str(need_shared("data", "train"))], val=[], steps=steps, batch_size=16,
                         patch_size=32, lr=1e-3, out=str(out), seed=seed, checkpoint_every=10**9,
                         teacher_cache_dir=str(cache) if cache else None, threads=threads,
-                        max_images=6 if quick else None, **methods[method])
+                        max_images=6 if quick else None, **overrides)
     t0 = time.monotonic()
     r = distill(cfg)
     seconds = time.monotonic() - t0
     m = load_model(out)
-    row = {"method": method, "seed": seed, "steps": steps, "teacher": teacher_name, "student": "compact 32/8",
+    row = {"seed": seed, "steps": steps, "student": "compact 32/8", "params": m.params,
            "seconds": round(seconds, 1), "train_seconds": round(steps / r.steps_per_second, 1),
            "cache_seconds": round((r.teacher_cache.get("seconds") or 0.0)
                                   + (r.teacher_cache.get("upcycle") or {}).get("seconds", 0.0), 1),
@@ -80,13 +80,25 @@ def one_run(teacher_name: str, method: str, seed: int, steps: int, work: Path, c
     for n, pairs in sets.items():
         s = score_pairs(m, pairs, 4)
         row[f"{n.lower()}_psnr"], row[f"{n.lower()}_ssim"] = s["psnr"], s["ssim"]
+    out.with_suffix(".ckpt").unlink(missing_ok=True)
+    return row, out
+
+
+def one_run(teacher_name: str, method: str, seed: int, steps: int, work: Path, cache: Path | None,
+            threads: int | None, quick: bool = False) -> dict:
+    from srdistill.data.datasets import load_eval_pairs
+    from srdistill.models.loading import load_model
+
+    file, methods = PAIRS[teacher_name]
+    base, out = train_and_score(file, methods[method], seed, steps,
+                                work / f"{teacher_name}_{method}_s{seed}.safetensors", cache, threads, quick)
+    row = {"method": method, "teacher": teacher_name, **base}
     if teacher_name != "DCTLSA_x4":
-        t = load_model(teacher)
-        for n, pairs in sets.items():
+        t, m = load_model(need_shared("weights", file)), load_model(out)
+        for n in ("Set5", "Set14"):
+            pairs = load_eval_pairs(need_shared("data", n, "HR"), 4)[:1 if quick else None]
             row[f"{n.lower()}_teacher_psnr"] = _teacher_scores(m, t, pairs)
     (work / f"{teacher_name}_{method}_s{seed}.json").write_text(json.dumps(row, indent=1))
-    for suffix in (".ckpt",):
-        out.with_suffix(suffix).unlink(missing_ok=True)
     return row
 
 

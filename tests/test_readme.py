@@ -48,3 +48,11 @@ def test_readme_states_the_install_size_caveat_and_the_measured_quickstart_time(
     assert "--index-url https://download.pytorch.org/whl/cpu" in text  # the CPU-only alternative
     assert re.search(r"quickstart itself \(after the install\) took \d+ min \d+ s on a quiet 2-core", text)
     assert "CPU-friendly (1 min 34 s" in (ROOT / "examples" / "quickstart.sh").read_text()
+
+
+def test_version_is_the_one_the_changelog_describes():
+    from srdistill import __version__
+
+    top = re.search(r"^## \[[^\]]*\] — ([0-9][^\s]*)", (ROOT / "CHANGELOG.md").read_text(), re.M)
+    assert top and top.group(1) == __version__
+    assert f'version = "{__version__}"' in (ROOT / "pyproject.toml").read_text()

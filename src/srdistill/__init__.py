@@ -1,6 +1,6 @@
 """srdistill: compress pretrained super-resolution models by knowledge distillation."""
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
 
 from .errors import SrDistillError
 

@@ -82,6 +82,22 @@ class Terminated(KeyboardInterrupt):
     signum = 15
 
 
+SHOWN_LIMIT = 100  # characters of a user's value echoed in a message
+
+
+def shown(value, limit: int = SHOWN_LIMIT) -> str:
+    """A user's value as a message quotes it: ``repr`` (so newlines and escapes show as ``\\n``,
+    ``\\x1b``), cut to about ``limit`` characters with the length said (a 15 MB list or a
+    400-digit number makes a short line, not a 15 MB one)."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a value whose repr fails (huge int, broken object)
+        text = f"<{type(value).__name__}>"
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text):,} characters)"
+    return text
+
+
 def debug_enabled() -> bool:
     """``SRDISTILL_DEBUG=1``: tracebacks instead of one-line errors (library and CLI alike)."""
     return os.environ.get("SRDISTILL_DEBUG", "") not in ("", "0")

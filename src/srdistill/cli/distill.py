@@ -85,6 +85,14 @@ def distill_cmd(
     init: str = typer.Option("auto", "--init", help="Student start: teacher (same family: the teacher's most "
                                                     "important channels and blocks), random, or auto (teacher "
                                                     "where the student is the teacher's family, else random)."),
+    reparam: bool = typer.Option(False, "--reparam", help="Re-parameterised training (ECBSR/RepSR/SPAN): each "
+                                                          "3x3 conv trains with parallel 1x1 and expand-squeeze "
+                                                          "branches, folded into the plain conv at save (same "
+                                                          "file, same inference cost). Compact and EDSR."),
+    reparam_branches: Optional[str] = typer.Option(None, "--reparam-branches",
+                                                   help="Branches beside each 3x3 with --reparam, comma "
+                                                        "separated: 1x1, expand, sobel, laplacian, identity "
+                                                        "(default: 1x1,expand)."),
     degradation: str = typer.Option("bicubic", "--degradation",
                                     help="How LR inputs are made: bicubic (clean), realesrgan (Real-ESRGAN's "
                                          "second-order blur/resize/noise/JPEG), light (blur, mild noise, JPEG), "
@@ -144,7 +152,8 @@ def distill_cmd(
             val=[] if no_val else ([str(v) for v in val] if val else None), lr_only=lr_only, steps=steps,
             batch_size=batch_size, patch_size=patch_size, gt_size=gt_size, lr=lr, weight_decay=weight_decay,
             warmup_steps=warmup_steps, grad_clip=grad_clip, alpha=alpha, alpha_schedule=alpha_schedule,
-            alpha_end=alpha_end, upcycle=upcycle, upcycle_ratio=upcycle_ratio, init=init, degradation=degradation,
+            alpha_end=alpha_end, upcycle=upcycle, upcycle_ratio=upcycle_ratio, init=init, reparam=reparam,
+            reparam_branches=reparam_branches, degradation=degradation,
             degradation_variants=degradation_variants, loss=loss, feature_weight=feature_weight,
             adversarial_weight=adversarial_weight, terms=_terms(term) if term else None, ema_decay=ema_decay, val_every=val_every,
             checkpoint_every=checkpoint_every, out=str(out), resume=resume, overwrite=overwrite, device=device,

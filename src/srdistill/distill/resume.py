@@ -23,7 +23,7 @@ from ..errors import SrDistillError, UsageError
 # options that define what a run trains: taken from the checkpoint, or must match it
 RUN_FIELDS = ("student_width", "student_depth", "student_arch", "allow_wider", "data", "val", "lr_only",
               "batch_size", "patch_size", "gt_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "alpha",
-              "alpha_schedule", "alpha_end", "upcycle", "upcycle_ratio", "init", "degradation", "degradation_variants", "loss", "feature_weight",
+              "alpha_schedule", "alpha_end", "upcycle", "upcycle_ratio", "init", "reparam", "reparam_branches", "degradation", "degradation_variants", "loss", "feature_weight",
               "adversarial_weight", "terms", "ema_decay", "val_every", "seed", "max_images")
 PATH_LISTS = ("data", "val")
 

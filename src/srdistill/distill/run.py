@@ -33,6 +33,7 @@ from ..fileio import atomic_path
 from ..models.checkpoint import save_student
 from ..models.families import get_family
 from ..models.loading import load_model
+from ..models.reparam import fold_checked, parse_branches, reparameterize
 from ..models.students import build_student, compression
 from ..models.teacher_init import can_init, check_supported, init_from_teacher
 from ..progress import Reporter
@@ -98,7 +99,14 @@ class Run:
         if cfg.init == "teacher":  # refused before any data is read
             check_supported(student, teacher)
         self.init_from = cfg.init == "teacher" or (cfg.init == "auto" and can_init(student, teacher))
-        self.comp = compression(teacher, student)
+        self.comp = compression(teacher, student)  # before --reparam adds its training-only branches
+        self.reparam_branches = None
+        if cfg.reparam:
+            spec = get_family(student.architecture).reparam
+            if spec is None:
+                raise UsageError(f"--reparam: {student.architecture} students have no plain 3x3 convs to "
+                                 "re-parameterise", hint="drop --reparam, or use --student-arch compact")
+            self.reparam_branches = parse_branches(cfg.reparam_branches, spec.branches)
         if cfg.gt_size is not None:
             if cfg.gt_size % teacher.scale or cfg.gt_size // teacher.scale < 4:
                 raise UsageError(f"--gt-size {cfg.gt_size} must be a multiple of the scale ({teacher.scale}) and at "
@@ -121,6 +129,12 @@ class Run:
             init_rep = init_from_teacher(self.student, self.teacher, probe)
             self.rep.info(init_rep.describe() + (" (--init auto: the student is the teacher's family)"
                                                  if cfg.init == "auto" else ""))
+        self.probe = probe
+        if self.reparam_branches:  # after --init: the teacher's weights go into the 3x3 branches
+            n = reparameterize(self.student.module, get_family(self.student.architecture).reparam,
+                               self.reparam_branches)
+            self.rep.info(f"re-parameterised training: {n} convs train as 3x3 + "
+                          + " + ".join(self.reparam_branches) + " branches, folded into plain 3x3 convs at save")
         self.wsum = WeightedSum.build(self.weights.possible_terms(), TermContext(
             self.student, self.teacher, self.device, cfg.seed, cfg.lr, pixel_loss(cfg.loss),
             PIXEL_NAMES[cfg.loss.lower()], probe, self.rep))
@@ -235,6 +249,13 @@ class Run:
         out_model.module = copy.deepcopy(self.ema.module).cpu().eval()
         out_model._params_cache = None
         finalize_reparam(out_model.module)
+        if self.reparam_branches:  # the file holds the family's plain architecture
+            check = fold_checked(out_model.module, self.probe.to(self.device).cpu())
+            self.reparam_check = check.to_dict()
+            if not getattr(self, "_fold_reported", False):
+                self.rep.info(check.describe())
+                self._fold_reported = True
+            self.log({"event": "fold", "step": step, **self.reparam_check})
         save_student(self.paths["out"], out_model, overwrite=True, teacher=self.teacher,
                      config={**self.meta, "step": step, "command": self.command},
                      metrics=metrics, extra={"data": self.data.stats.to_dict()})
@@ -429,7 +450,7 @@ class Run:
             loss_formula=self.weights.formula(self.wsum), final_losses=self.last_terms,
             teacher={"architecture": self.teacher.architecture, "params": self.teacher.params,
                      "file": str(self.cfg.teacher)},
-            student={"architecture": self.student.architecture, "params": self.student.params,
+            student={"architecture": self.student.architecture, "params": self.comp["student_params"],
                      "hyperparameters": self.student.hyperparameters},
             compression_ratio=round(self.comp["ratio"], 3), data=d.stats.to_dict(), teacher_cache=d.cache_info,
             validation=self.history, best=self.best, bicubic=self.bicubic,

@@ -15,6 +15,16 @@ from typing import Any, Callable
 from ...errors import UsageError
 
 
+@dataclass(frozen=True)
+class ReparamSpec:
+    """A family's ``distill --reparam``: which convs train with parallel branches (a regex on module
+    names; each must be a plain 3x3, stride 1, padding 1, ungrouped conv) and which branches by
+    default (see :mod:`srdistill.models.reparam`)."""
+
+    convs: str
+    branches: tuple[str, ...] = ("1x1", "expand")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Family:
     """Everything srdistill knows about one architecture, built with keyword arguments in its own
@@ -42,6 +52,7 @@ class Family:
     # ("", None) for a family with a fixed depth; None: not supported
     teacher_init: tuple[str, Callable[[int, int, int, list[int]], int] | None] | None = None
     model_class: Any = None  # the class itself, instead of module + cls_name (a family defined in a test)
+    reparam: ReparamSpec | None = None  # distill --reparam; None: no plain 3x3 convs to re-parameterise
 
     def cls(self):
         if self.model_class is not None:

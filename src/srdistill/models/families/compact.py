@@ -1,6 +1,6 @@
 """Compact (SRVGGNetCompact: realesr-animevideov3, the bundled default model)."""
 
-from . import Family, register_family, spandrel_module
+from . import Family, ReparamSpec, register_family, spandrel_module
 
 
 def _compact_block(i: int, ns: int, nt: int, sel: list[int]) -> int:
@@ -18,5 +18,6 @@ register_family(Family(
     scale_kw="upscale", in_kw="num_in_ch", out_kw="num_out_ch", default_depth=16,
     blocks=lambda hp: [f"body.{2 * i + 1}" for i in range(1, hp["num_conv"] + 1)], head="body.1", tail=None,
     note="SRVGGNetCompact; depth = number of 3x3 convs",
-    teacher_init=(r"^body\.(\d+)\.", _compact_block)),
+    teacher_init=(r"^body\.(\d+)\.", _compact_block),
+    reparam=ReparamSpec(convs=r"body\.\d+")),
     aliases=("srvggnetcompact",))

@@ -28,13 +28,14 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from .data.images import DEFAULT_MAX_PIXELS, Image, list_images, read_image, write_image
+from .data.images import DEFAULT_MAX_PIXELS, DEFAULT_PNG_LEVEL, Image, list_images, read_image, write_image
 from .data.resize import imresize
 from .devices import resolve_device
 from .onnx_model import cuda_provider_available, load_any
 from .errors import ModelLoadError, OutputExistsError, SrDistillError, UnsupportedModelError, UsageError, debug_enabled
 from .progress import NULL, Reporter, Task
 from .runner import Runner
+from .upscale_pipeline import Outcome, run_pipeline
 from .upscale_plan import _output_mode, _Plan, plan_outputs  # noqa: F401  (output planning: its own module)
 from .tiling import is_oom_error, parse_tile as _parse_tile
 
@@ -82,6 +83,8 @@ class UpscaleOptions:
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # refuse larger images before decoding; 0/None: no limit
     overwrite: bool = False
     quality: int = 95  # JPEG/WebP quality
+    png_level: int = DEFAULT_PNG_LEVEL  # zlib level of PNG outputs (0-9); the pixels are the same
+    workers: int | None = None  # encoder threads; None: 1-2 by the CPU count; 0: one file at a time, no threads
 
     def validate(self) -> None:
         """Raise :class:`UsageError` (exit 2) for a bad value, before any work."""
@@ -118,6 +121,11 @@ class UpscaleOptions:
             raise UsageError(f"--max-pixels must be 0 (no limit) or more, got {self.max_pixels}")
         if not 1 <= int(self.quality) <= 100:
             raise UsageError(f"quality must be 1..100, got {self.quality}")
+        if isinstance(self.png_level, bool) or not 0 <= int(self.png_level) <= 9:
+            raise UsageError(f"--png-level must be 0..9, got {self.png_level!r}",
+                             hint="1 is fastest, 9 smallest; the pixels are the same")
+        if self.workers is not None and int(self.workers) < 0:
+            raise UsageError(f"workers must be 0 or more, got {self.workers!r}")
 
 
 def parse_tile(tile: Any) -> int | str | None:
@@ -161,6 +169,7 @@ class UpscaleResult:
     seconds: float = 0.0
     dropped: list[str] = field(default_factory=list)  # inputs left out: outputs of other inputs
     tile_used: int | None = None  # the last image's tile size (None: whole image)
+    files_seconds: float | None = None  # wall time of the files (decode, model and encode overlap)
 
     def count(self, status: str) -> int:
         return sum(1 for f in self.files if f.status == status)
@@ -191,7 +200,10 @@ class UpscaleResult:
 
     @property
     def busy_seconds(self) -> float:
-        """Seconds spent on the files that were written (read + upscale + write)."""
+        """Seconds from the first file's decode to the last file's write (the stages overlap, so this
+        is less than the sum of the files' seconds); without it, that sum for the files written."""
+        if self.files_seconds is not None:
+            return self.files_seconds
         return sum(f.seconds for f in self.files if f.status == "ok")
 
     @property
@@ -409,6 +421,69 @@ def _first_line(e: BaseException) -> str:
     return msg[:300] or type(e).__name__
 
 
+def _file_error(e: BaseException) -> tuple[str, str]:
+    """(status, one-line reason) of a file that was not written."""
+    if isinstance(e, OutputExistsError):
+        return "skipped", _first_line(e)
+    if isinstance(e, SrDistillError):
+        return "failed", _first_line(e)
+    if debug_enabled():
+        raise e
+    return "failed", ("out of memory; try a smaller --tile" if is_oom_error(e)
+                      else f"{type(e).__name__}: {_first_line(e)}")
+
+
+def _run_files(pairs: list[tuple[Path, Path]], runner: _Runner, opts: UpscaleOptions, rep: Reporter,
+               task: Task) -> list[FileResult]:
+    """Read, upscale and write every (input, output) pair through the pipeline; one result per pair,
+    in order. A file's problem is its result; KeyboardInterrupt goes on up (no partial file stays)."""
+    max_px = int(opts.max_pixels) if opts.max_pixels else None
+    sizes: dict[int, list] = {}
+
+    def read(i: int, r: Reporter) -> Image:
+        src, dst = pairs[i]
+        if dst.exists() and not opts.overwrite:
+            raise OutputExistsError(f"{str(dst)!r} already exists", hint="pass --overwrite to replace it")
+        img = read_image(src, max_pixels=max_px, reporter=r)
+        sizes[i] = [(img.width, img.height), None]
+        return img
+
+    def model(i: int, img: Image, r: Reporter) -> Image:
+        out = runner.image(img, outscale=opts.outscale, alpha=opts.alpha, reporter=_FileProgress(r, task))
+        sizes[i][1] = (out.width, out.height)
+        return out
+
+    def write(i: int, out: Image, r: Reporter) -> None:
+        write_image(pairs[i][1], out, overwrite=opts.overwrite, quality=opts.quality, png_level=opts.png_level,
+                    reporter=r)
+
+    results: list[FileResult] = []
+
+    def finish(o: Outcome) -> None:
+        src, dst = pairs[o.item]
+        o.messages.replay(rep)
+        r = FileResult(input=str(src), output=str(dst), status="ok", seconds=o.seconds)
+        r.input_size, out_size = sizes.pop(o.item, (None, None))
+        if o.error is None:
+            r.output_size = out_size
+        else:
+            r.status, r.error = _file_error(o.error)
+        results.append(r)  # reported once, by the caller (a table row or a JSON entry)
+        task.advance(1, last=src.name)
+
+    workers = _write_workers() if opts.workers is None else int(opts.workers)
+    run_pipeline(range(len(pairs)), read=read, model=model, write=write, finish=finish, workers=workers,
+                 prefetch=2)
+    return results
+
+
+def _write_workers() -> int:
+    """Encoder threads: a 1080p PNG takes a thread 0.2-0.5 s at the default level (bench/png_level.py),
+    several model frames' time: two at least, so one frame's encode never waits for another's; up to
+    4 with the cores to spare (more only take cores from the model)."""
+    return max(2, min(4, (os.cpu_count() or 1) // 2))
+
+
 def upscale_files(inputs: Iterable[str | os.PathLike], options: UpscaleOptions | None = None,
                   reporter: Reporter | None = None) -> UpscaleResult:
     """Upscale image files (see the module docstring); never raises for one bad image.
@@ -444,40 +519,14 @@ def upscale_files(inputs: Iterable[str | os.PathLike], options: UpscaleOptions |
             rep.warn(f"{minfo['architecture']} does not tile well (spandrel marks tiling {model.tiling}); "
                      "seams are possible: prefer --tile auto or 0")
         outscale = float(scale) if opts.outscale is None else opts.outscale
-        max_px = int(opts.max_pixels) if opts.max_pixels else None
-        results: list[FileResult] = []
         n = len(plan.pairs)
         with rep.task(f"upscaling {n} image{'s' if n != 1 else ''}", total=n) as task:
-            sub = _FileProgress(rep, task)
-            for src, dst in plan.pairs:
-                t0 = time.monotonic()
-                r = FileResult(input=str(src), output=str(dst), status="failed")
-                try:
-                    if dst.exists() and not opts.overwrite:
-                        raise OutputExistsError(f"{str(dst)!r} already exists", hint="pass --overwrite to replace it")
-                    img = read_image(src, max_pixels=max_px, reporter=rep)
-                    r.input_size = (img.width, img.height)
-                    out = runner.image(img, outscale=opts.outscale, alpha=opts.alpha, reporter=sub)
-                    write_image(dst, out, overwrite=opts.overwrite, quality=opts.quality, reporter=rep)
-                    r.output_size = (out.width, out.height)
-                    r.status = "ok"
-                except OutputExistsError as e:
-                    r.status, r.error = "skipped", _first_line(e)
-                except SrDistillError as e:
-                    r.error = _first_line(e)
-                except KeyboardInterrupt:
-                    raise
-                except Exception as e:  # noqa: BLE001 - one bad image must not stop the batch
-                    if debug_enabled():
-                        raise
-                    r.error = ("out of memory; try a smaller --tile" if is_oom_error(e)
-                               else f"{type(e).__name__}: {_first_line(e)}")
-                r.seconds = time.monotonic() - t0
-                results.append(r)  # reported once, by the caller (a table row or a JSON entry)
-                task.advance(1, last=src.name)
+            t_loop = time.monotonic()
+            results = _run_files(plan.pairs, runner, opts, rep, task)
+            loop_seconds = time.monotonic() - t_loop
     finally:
         torch.set_num_threads(saved_threads)
     tile_desc: Any = opts.tile if not runner.static else runner.tile
     return UpscaleResult(files=results, model=minfo, outscale=outscale, tile=tile_desc, tile_used=runner.last_tile,
                          tile_overlap=runner.overlap, seconds=time.monotonic() - t_start,
-                         dropped=[str(s) for s, _ in plan.dropped])
+                         dropped=[str(s) for s, _ in plan.dropped], files_seconds=loop_seconds)

@@ -9,7 +9,7 @@ import typer
 
 from . import app
 from ..console import PlainTable, escape_control, RichReporter, print_json, run_cli, stderr_console, stdout_console
-from ..data.images import DEFAULT_MAX_PIXELS
+from ..data.images import DEFAULT_MAX_PIXELS, DEFAULT_PNG_LEVEL
 
 
 class _LineReporter(RichReporter):
@@ -54,6 +54,9 @@ def upscale_cmd(
     suffix: Optional[str] = typer.Option(None, "--suffix", help="Appended to output names (default: _x<outscale>)."),
     ext: Optional[str] = typer.Option(None, "--ext",
                                       help="Output format: png (default), jpg, webp, or auto (keep the input's)."),
+    png_level: int = typer.Option(DEFAULT_PNG_LEVEL, "--png-level", min=0, max=9,
+                                  help="PNG compression, 0-9: 1 is fastest, 9 the smallest files; the pixels "
+                                       "are the same at every level."),
     alpha_mode: str = typer.Option("bicubic", "--alpha-mode",
                                    help="Transparency: bicubic (resize the alpha channel) or model (run it "
                                         "through the model)."),
@@ -82,6 +85,7 @@ def upscale_cmd(
             model=model, output=output, recursive=recursive, tile=tile, tile_overlap=tile_overlap,
             backend=backend, device=device, threads=threads, outscale=outscale, suffix=suffix, ext=ext,
             alpha=alpha_mode if alpha_old is None else alpha_old, max_pixels=max_pixels, overwrite=overwrite,
+            png_level=png_level,
         )
         res = upscale_files(inputs, opts, _LineReporter(quiet=quiet or json_out))
         if json_out:

@@ -49,6 +49,7 @@ from .image_files import list_images, scan_folder  # noqa: F401
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_PNG_LEVEL",
     "IMAGE_EXTENSIONS",
     "WRITE_FORMATS",
     "Image",
@@ -175,6 +176,11 @@ def read_image(
 
 # --------------------------------------------------------------------------- writing
 
+#: zlib level of the PNGs srdistill writes (``upscale --png-level``), chosen by bench/png_level.py's rule
+#: (smallest files among the levels within 1.5x level 1's encode time); provisional: measured on a
+#: loaded machine, re-measure on a quiet one (bench/results/png_level.json).
+DEFAULT_PNG_LEVEL = 3
+
 
 def output_format(path: str | os.PathLike) -> str:
     """Pillow format name for an output path's extension; UsageError for others (check early)."""
@@ -196,7 +202,7 @@ def _quantize(a: np.ndarray, bits: int) -> np.ndarray:
     return np.rint(np.clip(a, 0.0, 1.0) * 65535.0).astype(np.uint16)
 
 
-def _encode_plan(image: Image, fmt: str, p: Path, quality: int, rep: Reporter):
+def _encode_plan(image: Image, fmt: str, p: Path, quality: int, rep: Reporter, png_level: int = 6):
     """How ``image`` is encoded in ``fmt``: our 16-bit PNG writer or Pillow, and the options."""
     gray = image.rgb.shape[2] == 1
     alpha = image.alpha
@@ -235,7 +241,7 @@ def _encode_plan(image: Image, fmt: str, p: Path, quality: int, rep: Reporter):
     elif fmt == "WEBP":
         kwargs.update(quality=int(quality), lossless=quality >= 100)
     elif fmt == "PNG":
-        kwargs.update(compress_level=6)
+        kwargs.update(compress_level=int(png_level))
     elif fmt == "TIFF":
         kwargs.update(compression="tiff_deflate")
 
@@ -248,23 +254,27 @@ def write_image(
     *,
     overwrite: bool = False,
     quality: int = 95,
+    png_level: int = DEFAULT_PNG_LEVEL,
     reporter: Reporter | None = None,
 ) -> Path:
     """Write ``image`` in the format its extension names, atomically and never clobbering.
 
     16-bit sources stay 16-bit in PNG (and grayscale TIFF). Alpha is kept where the
     format has it (PNG, WebP, TIFF); JPEG and BMP get the colour only, with a warning.
-    ICC profile and EXIF are carried over where the format supports them.
+    ICC profile and EXIF are carried over where the format supports them. ``png_level`` is
+    zlib's compression level for PNG (0: none, 1: fastest, 9: smallest); the pixels are the same.
     """
     rep = reporter or NULL
     fmt = output_format(path)
     p = Path(path)
-    own_png, pixels, pil_im, kwargs, icc, exif = _encode_plan(image, fmt, p, quality, rep)
+    if isinstance(png_level, bool) or not 0 <= int(png_level) <= 9:
+        raise UsageError(f"PNG compression level must be 0..9, got {png_level!r}")
+    own_png, pixels, pil_im, kwargs, icc, exif = _encode_plan(image, fmt, p, quality, rep, png_level)
     with atomic_path(p, overwrite=overwrite) as tmp:
         try:
             with open(tmp, "wb") as f:
                 if own_png:
-                    _write_png(f, pixels, icc=icc, exif=exif)
+                    _write_png(f, pixels, icc=icc, exif=exif, compress_level=int(png_level))
                 else:
                     assert pil_im is not None
                     # encode in memory, then write with Python's file I/O: given a descriptor, Pillow's C

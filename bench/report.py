@@ -177,6 +177,8 @@ def _startup(doc: dict) -> list[str]:
 
 
 def _inference(doc: dict) -> list[str]:
+    if "runs" in doc:
+        return _inference_side_by_side(doc)
     s = doc["settings"]
     out = ["## Inference throughput (output megapixels per second)", "", _machine(doc), "",
            f"{s['threads']} threads, median of {s['repeats']} runs after a warm-up; int8 = {s['int8']}. "
@@ -194,6 +196,48 @@ def _inference(doc: dict) -> list[str]:
         out.append("|---|" + "---|" * len(cols))
         for sname, cells in r["sizes"].items():
             out.append(f"| {sname} | " + " | ".join(_f(cells.get(c, "-")) for c in cols) + " |")
+        out.append("")
+    return out
+
+
+def _opt(v, nd=3) -> str:
+    return "-" if v is None else _f(v, nd)
+
+
+def _inference_side_by_side(doc: dict) -> list[str]:
+    """bench/inference.py's interleaved runs: one table per model and input size, then end to end."""
+    s, peak = doc["settings"], doc["peak_gflops_estimate"]
+    out = ["## Inference throughput, side by side (output megapixels per second)", "", _machine(doc), "",
+           f"{s['threads']} threads ({s['thread_pinning']}); {s['order']}, {s['repeats']} rounds after "
+           f"{s['warmup']} warm-up; median (min-max). int8 = {s['int8']}. Peak estimate "
+           f"{_f(peak.get('gflops'), 1)} GFLOP/s = {peak['formula']} ({peak['cores']} x {_f(peak.get('ghz'), 2)} x "
+           f"{peak['fma_units']} x {peak['simd_fp32_lanes']} x 2).", ""]
+    groups: dict = {}
+    for r in doc["runs"]:
+        groups.setdefault((r["model"], tuple(r["input_hw"])), []).append(r)
+    for (model, hw), rows in groups.items():
+        params = rows[0].get("params")
+        out += [f"### {model}, {hw[1]}x{hw[0]} input ({params:,} params)", "",
+                "| runtime | precision | MP/s median (min-max) | GFLOP/frame | peak share | Set5 PSNR |",
+                "|---|---|---|---|---|---|"]
+        for r in rows:
+            if "output_mp_per_s_median" in r:
+                speed = (f"{r['output_mp_per_s_median']:.3f} ({r['output_mp_per_s_min']:.3f}-"
+                         f"{r['output_mp_per_s_max']:.3f})")
+                share = "-" if r.get("peak_share") is None else f"{100 * r['peak_share']:.1f}%"
+                out.append(f"| {r['runtime']} | {r['precision']} | {speed} | {_opt(r.get('gflops_per_frame'), 2)} | "
+                           f"{share} | {_opt(r.get('psnr_set5'))} |")
+            else:
+                out.append(f"| {r['runtime']} | {r['precision']} | {r.get('skipped') or r.get('error')} | | | |")
+        out.append("")
+    if doc.get("end_to_end"):
+        out += ["### `srdistill upscale` of a folder, end to end", "",
+                "| command | runtime used | output MP/s median (min-max) | model-only MP/s | share |", "|---|---|---|---|---|"]
+        for r in doc["end_to_end"]:
+            share = "-" if r.get("share_of_model_only") is None else f"{100 * r['share_of_model_only']:.0f}%"
+            out.append(f"| `{r['command']}` | {r['runtime_used']} | {r['output_mp_per_s_median']:.3f} "
+                       f"({r['output_mp_per_s_min']:.3f}-{r['output_mp_per_s_max']:.3f}) | "
+                       f"{_opt(r.get('model_only_mp_per_s_median'))} | {share} |")
         out.append("")
     return out
 

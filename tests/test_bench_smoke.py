@@ -22,7 +22,7 @@ def _needs_shared(shared_dir, monkeypatch, tmp_path):
     monkeypatch.setattr(common, "RESULTS", tmp_path)  # never touch the real results
 
 
-@pytest.mark.parametrize("name", ["eval_correctness", "distill_speed", "kd_vs_scratch", "inference"])
+@pytest.mark.parametrize("name", ["eval_correctness", "distill_speed", "kd_vs_scratch"])
 def test_benchmark_runs_at_toy_size(name, tmp_path, monkeypatch):
     import importlib
 
@@ -35,6 +35,34 @@ def test_benchmark_runs_at_toy_size(name, tmp_path, monkeypatch):
     assert doc["results"]
     written = json.loads((tmp_path / f"{name}_quick.json").read_text())
     assert written["machine"]["cores"] >= 1
+
+
+def test_inference_benchmark_runs_side_by_side_at_toy_size(tmp_path, monkeypatch):
+    import bench.common as common
+    from bench import inference, report
+
+    monkeypatch.setattr(inference, "SHARED", common.SHARED)
+    doc = inference.run(quick=True)
+    assert doc["results"] and doc["peak_gflops_estimate"]["formula"].startswith("cores x GHz")
+    timed = [r for r in doc["runs"] if "output_mp_per_s_median" in r]
+    assert {("torch", "fp32"), ("onnxruntime", "fp32")} <= {(r["runtime"], r["precision"]) for r in timed}
+    for r in timed:
+        assert r["output_mp_per_s_min"] <= r["output_mp_per_s_median"] <= r["output_mp_per_s_max"]
+        assert r["threads"] == 2 and r["gflops_per_frame"] > 0
+        assert (r["psnr_set5"] is None) == ("random weights" in r["model"])
+    assert {r["command"].split()[-1] for r in doc["end_to_end"]} == {"torch", "auto"}
+    written = json.loads((tmp_path / "inference_quick.json").read_text())
+    assert written["runs"] == json.loads(json.dumps(doc["runs"]))
+    text = "\n".join(report._inference(written))
+    assert "side by side" in text and "end to end" in text
+
+
+def test_png_level_benchmark_runs_at_toy_size(tmp_path):
+    from bench import png_level
+
+    doc = png_level.run(quick=True)
+    assert [r["level"] for r in doc["results"]] == list(range(10)) and 1 <= doc["chosen_level"] <= 9
+    assert doc["provisional"] and (tmp_path / "png_level_quick.json").exists()
 
 
 def test_kd_methods_study_runs_at_toy_size(tmp_path):

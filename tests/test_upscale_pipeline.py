@@ -171,3 +171,16 @@ def test_png_level_changes_the_size_not_the_pixels(c2, tmp_path):
     assert a.stat().st_size != b.stat().st_size
     r = cli.invoke(app, ["upscale", str(src), "-m", str(c2), "-o", f"{tmp_path}/bad/", "--png-level", "10"])
     assert r.exit_code == 2
+
+
+def test_the_stages_overlap():
+    """Stages that wait (as zlib and the decoders do, with the GIL released) run side by side: with
+    read 20 ms, model 20 ms and write 60 ms a file, 10 files take ~0.2-0.35 s, not 1 s."""
+    def run(workers):
+        t0 = time.monotonic()
+        run_pipeline(range(10), read=lambda i, r: time.sleep(0.02), model=lambda i, v, r: time.sleep(0.02),
+                     write=lambda i, v, r: time.sleep(0.06), finish=lambda o: None, workers=workers, prefetch=2)
+        return time.monotonic() - t0
+
+    sequential, overlapped = run(0), run(3)
+    assert sequential >= 0.95 and overlapped < 0.6 * sequential, (sequential, overlapped)

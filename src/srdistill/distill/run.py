@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import __version__
 from ..data.datasets import builtin_val_dir, load_eval_pairs
-from ..errors import Interrupted, SrDistillError, TrainingError, UsageError
+from ..errors import Interrupted, SrDistillError, TrainingError, UsageError, shown
 from ..evaluate import BicubicBaseline, score_pairs
 from ..fileio import atomic_path
 from ..models.checkpoint import save_student
@@ -41,7 +41,8 @@ from .config import DistillResult, argv_repr, loss_weights, needs_teacher
 from .data_stage import prepare_data
 from .loader import PlanStream, batches, default_workers
 from .losses import PIXEL_NAMES, pixel_loss
-from .resume import read_checkpoint
+from .resume import (check_against_models, check_inputs, damaged, input_fingerprints, read_checkpoint,
+                     recorded_config, scheduler_state)
 from .schedule import make_schedule
 from .state import CKPT_FORMAT, EMA, Signals, finalize_reparam, lr_lambda, rng_state, set_rng_state
 from .terms import StepOutputs, TermContext, WeightedSum
@@ -81,6 +82,7 @@ class Run:
         self.log_f = None
         self.last_terms: dict[str, float] = {}
         self.start_step = self.step = self.steps_done = 0
+        self._ck: dict | None = None  # the checkpoint being resumed, while it is needed
 
     # ------------------------------------------------------------------ set-up stages
 
@@ -156,29 +158,51 @@ class Run:
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
                          if self.precision in ("bf16", "fp16") else contextlib.nullcontext())
 
+    def checkpoint(self) -> dict:
+        """The checkpoint being resumed, read (and its structure checked) once."""
+        if self._ck is None:
+            self._ck = read_checkpoint(self.paths["ckpt"], CKPT_FORMAT)
+        return self._ck
+
+    def fingerprint_inputs(self) -> None:
+        """A key of the images the run reads, recorded with its options; on --resume it must be the
+        run's (images added, removed or replaced in --data or --val would make it another run)."""
+        self.inputs = input_fingerprints(self.cfg, self.teacher.scale)
+        if self.cfg.resume:
+            check_inputs(recorded_config(self.checkpoint()), self.inputs)
+
     def resume(self) -> None:
-        """Weights, optimiser, EMA, terms, RNG and validation history from the checkpoint."""
+        """Weights, optimiser, EMA, terms, RNG and validation history from the checkpoint, each checked
+        against this run's models before anything is loaded."""
         if not self.cfg.resume:
             return
-        ck = read_checkpoint(self.paths["ckpt"], CKPT_FORMAT)
+        ck, path = self.checkpoint(), self.paths["ckpt"]
+        self._ck = None
         student = self.student
         if ck["student_arch"] != student.architecture or ck["student_hp"] != json.loads(
                 json.dumps(student.hyperparameters)):
-            raise UsageError(f"--resume: {self.paths['ckpt'].name} holds a different student "
-                             f"({ck['student_arch']} {ck['student_hp']})", hint="use the same --student-* options")
-        student.module.load_state_dict(ck["student"])
-        self.ema.load_state_dict(ck["ema"])
-        self.opt.load_state_dict(ck["optimizer"])
-        self.sched.load_state_dict(ck["scheduler"])
-        self.wsum.load_state_dict(ck.get("terms") or {})
-        if ck.get("scaler"):
-            self.scaler.load_state_dict(ck["scaler"])
-        set_rng_state(self.gen, ck["rng"])
-        self.start_step = self.step = int(ck["step"])
+            raise UsageError(f"--resume: {path.name} holds a different student "
+                             f"({shown(ck['student_arch'])} {shown(ck['student_hp'])})",
+                             hint="use the same --student-* options")
+        check_against_models(ck, path, student=student.module, ema=self.ema.module, opt=self.opt, sched=self.sched,
+                             wsum=self.wsum, scaler=self.scaler)
+        try:
+            student.module.load_state_dict(ck["student"])
+            self.ema.load_state_dict(ck["ema"])
+            self.opt.load_state_dict(ck["optimizer"])
+            self.sched.load_state_dict(scheduler_state(ck["scheduler"], self.sched))
+            self.wsum.load_state_dict(ck.get("terms") or {})
+            if ck.get("scaler"):
+                self.scaler.load_state_dict(ck["scaler"])
+        except (RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise damaged(path, f"it does not load into this run ({shown(first, 160)})") from None
+        set_rng_state(self.gen, ck["rng"])  # last: checked by read_checkpoint, so no generator is half set
+        self.start_step = self.step = ck["step"]
         # validation so far: a later, worse score must not replace the best student
         self.history = list(ck.get("history") or [])
-        self.best = ck.get("best") if isinstance(ck.get("best"), dict) else None
-        self.rep.info(f"resuming from step {self.start_step} ({self.paths['ckpt'].name})")
+        self.best = ck.get("best")
+        self.rep.info(f"resuming from step {self.start_step} ({path.name})")
         if self.start_step >= self.cfg.steps:
             self.rep.warn(f"the checkpoint is already at step {self.start_step} >= --steps {self.cfg.steps}")
 
@@ -210,6 +234,7 @@ class Run:
         meta["student_width_used"] = student.hyperparameters.get(fam.width) if fam else cfg.student_width
         if self.data.degradation is not None:
             meta["degradation_params"] = self.data.degradation.params
+        meta["inputs"] = self.inputs  # names, sizes and times of the images: a resume must find the same
         meta["global_batch"] = self.global_batch
         meta["world_size"] = self.world
         self.meta = meta
@@ -431,6 +456,7 @@ class Run:
 
     def execute(self):
         self.setup_models()
+        self.fingerprint_inputs()
         self.setup_data_and_terms()
         self.setup_optimiser()
         self.resume()

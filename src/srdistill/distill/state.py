@@ -246,6 +246,35 @@ def rng_state(gen: torch.Generator, gen_state: torch.Tensor | None = None) -> di
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
+def check_rng_state(st) -> str | None:
+    """What is wrong with a checkpoint's RNG state (as :func:`rng_state` writes it), or None. Checked
+    before :func:`set_rng_state` touches any generator: a bad state must not leave half of them set."""
+    if not isinstance(st, dict):
+        return f"its RNG state is a {type(st).__name__}, not a dict"
+    for key, like in (("gen", torch.Generator().get_state()), ("torch", torch.get_rng_state())):
+        t = st.get(key)
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.shape != like.shape:
+            return (f"its {key!r} RNG state is not a uint8 tensor of {like.numel()} bytes"
+                    + (f" ({t.dtype}, shape {list(t.shape)})" if isinstance(t, torch.Tensor) else ""))
+    words = st.get("numpy")
+    if not _words(words, 624, 624):
+        return "its numpy RNG state is not 624 32-bit words"
+    py = st.get("python")
+    if not _words(py, 625, 624) or not 0 <= py[-1] <= 624:  # 624 words and the position in them
+        return "its Python RNG state is not 624 32-bit words and a position"
+    cuda = st.get("cuda", [])
+    if not isinstance(cuda, (list, tuple)) or not all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8
+                                                       for t in cuda):
+        return "its CUDA RNG state is not a list of uint8 tensors"
+    return None
+
+
+def _words(v, n: int, first: int) -> bool:
+    """``v`` is a list of ``n`` ints whose ``first`` ones are 32-bit words."""
+    return (isinstance(v, (list, tuple)) and len(v) == n and all(type(x) is int for x in v)
+            and all(0 <= x < 2**32 for x in v[:first]))
+
+
 def set_rng_state(gen: torch.Generator, st: dict) -> None:
     gen.set_state(st["gen"])
     torch.set_rng_state(st["torch"])

@@ -17,7 +17,7 @@ import torch
 from ..devices import resolve_device
 from ..errors import OutputExistsError, SrDistillError, TrainingError, UsageError
 from ..fileio import check_writable
-from ..models.loading import load_model, sha256_file
+from ..models.loading import check_model_path, load_model, sha256_file
 from ..progress import NULL, Reporter
 from . import distributed as dist_util
 from .config import (INITS, DistillConfig, DistillResult, loss_weights, needs_teacher,  # noqa: F401  (re-exported)
@@ -34,6 +34,13 @@ def distill(cfg: DistillConfig, reporter: Reporter = NULL, hooks: TrainHooks | N
     ``hooks``: faults a test injects (a NaN loss, a SIGTERM at a step); none in normal use."""
     ctx = dist_util.context()
     explicit = explicit_fields(cfg)
+    ck = None
+    if cfg.resume and not cfg.build_only:  # the run in the checkpoint, not a new one: its options first,
+        check_model_path(cfg.teacher)  # so that checks between options see the run's (--degradation-variants
+        ckpt = _out_paths(cfg)["ckpt"]  # given alone is told that it differs, not that it needs --degradation)
+        if ckpt.exists():
+            ck = read_checkpoint(ckpt, CKPT_FORMAT)
+            apply_checkpoint_config(cfg, ck, explicit, sha256_file(cfg.teacher), ctx.world_size, ckpt)
     validate(cfg)
     device = ctx.device if ctx.enabled else resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
@@ -50,22 +57,22 @@ def distill(cfg: DistillConfig, reporter: Reporter = NULL, hooks: TrainHooks | N
         if not cfg.pack:
             raise UsageError("--build-only builds a training pack", hint="add --pack DIR")
         return _build_pack_only(cfg, rep, ctx, device)
-    paths = paths_for(cfg.out)
-    if paths["out"].suffix.lower() != ".safetensors":
-        raise UsageError(f"--out must end in .safetensors, not {paths['out'].name!r}")
-
-    if cfg.resume and paths["ckpt"].exists():  # the run in the checkpoint, not a new one
-        ck = read_checkpoint(paths["ckpt"], CKPT_FORMAT)
-        apply_checkpoint_config(cfg, ck, explicit, sha256_file(cfg.teacher), ctx.world_size)
-        validate(cfg)
-        if ck["step"] >= cfg.steps:
-            return _nothing_to_do(cfg, ck, paths, rep)
+    paths = _out_paths(cfg)
+    if ck is not None and ck["step"] >= cfg.steps:
+        return _nothing_to_do(cfg, ck, paths, rep)
 
     lock = _claim_outputs(cfg, paths, ctx)
     try:
         return Run(cfg, rep, ctx, device, precision, paths, hooks).execute()
     finally:
         lock.release()
+
+
+def _out_paths(cfg: DistillConfig) -> dict[str, Path]:
+    paths = paths_for(cfg.out)
+    if paths["out"].suffix.lower() != ".safetensors":
+        raise UsageError(f"--out must end in .safetensors, not {paths['out'].name!r}")
+    return paths
 
 
 def _claim_outputs(cfg: DistillConfig, paths: dict[str, Path], ctx) -> RunLock:

@@ -313,7 +313,11 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         metadata = {}
         if _is_training_checkpoint(obj):
             # srdistill's own resumable checkpoint (<out>.ckpt): the model in it is the EMA student
-            metadata = {"srdistill.checkpoint_step": json.dumps(int(obj.get("step", 0)))}
+            # the step as written by a run: a whole count (a damaged or hand-made one is left out, not
+            # converted: "abc", inf, NaN, [1], None or {} describe the file without a step)
+            step = obj.get("step")
+            metadata = ({"srdistill.checkpoint_step": json.dumps(step)}
+                        if type(step) is int and 0 <= step <= 10**12 else {})
             if isinstance(obj.get("config"), str):
                 metadata["srdistill.config"] = obj["config"]
             obj = obj["ema"]["module"]

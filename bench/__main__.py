@@ -1,4 +1,4 @@
-"""``python -m bench [all|distill|kd|inference|eval|report] [--quick]``
+"""``python -m bench [all|distill|kd|inference|eval|startup|png|report] [--quick]``
 
 Runs benchmarks (results in bench/results/*.json) and rewrites BENCHMARKS.md from
 every result file present. ``--quick`` runs each at toy size (the smoke test does
@@ -13,7 +13,7 @@ import importlib
 from .report import write_report
 
 NAMES = {"eval": "eval_correctness", "distill": "distill_speed", "kd": "kd_vs_scratch", "inference": "inference",
-         "startup": "startup"}
+         "startup": "startup", "png": "png_level"}
 
 
 def main(argv=None) -> int:

@@ -307,12 +307,27 @@ def _data_scale(doc: dict) -> list[str]:
     return out
 
 
+def _png_level(doc: dict) -> list[str]:
+    s = doc["settings"]
+    out = ["## PNG compression level (`upscale --png-level`)", "", _machine(doc), "",
+           f"{s['encoder']}; {s['n_frames']} frames of {s['frame_hw'][1]}x{s['frame_hw'][0]} ({s['frames']}); "
+           f"levels interleaved, {s['repeats']} rounds; rule: {s['rule']}. Chosen: **{doc['chosen_level']}**."
+           + (" **Provisional**: measured on a loaded machine (1-min load average "
+              f"{s.get('load_average_1min') or 0:.1f})." if doc.get("provisional") else ""), "",
+           "| level | encode s median (min-max) | bytes | bytes vs level 6 | time vs level 6 |", "|---|---|---|---|---|"]
+    for r in doc["results"]:
+        out.append(f"| {r['level']} | {r['encode_s_median']:.3f} ({r['encode_s_min']:.3f}-{r['encode_s_max']:.3f}) | "
+                   f"{r['mean_bytes']:,} | {r['bytes_vs_level6']:.3f} | {r['time_vs_level6']:.3f} |")
+    out.append("")
+    return out
+
+
 def write_report(path: Path | None = None) -> Path:
     path = path or ROOT / "BENCHMARKS.md"
     lines = [INTRO]
     for name, fn in (("eval_correctness", _eval), ("distill_speed", _distill), ("kd_vs_scratch", _kd),
                      ("kd_methods", _kd_methods), ("reparam", _reparam), ("realworld", _realworld), ("data_scale", _data_scale),
-                     ("startup", _startup), ("inference", _inference)):
+                     ("startup", _startup), ("inference", _inference), ("png_level", _png_level)):
         doc = _load(name)
         if doc:
             lines += fn(doc)

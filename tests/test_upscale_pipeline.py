@@ -184,3 +184,15 @@ def test_the_stages_overlap():
 
     sequential, overlapped = run(0), run(3)
     assert sequential >= 0.95 and overlapped < 0.6 * sequential, (sequential, overlapped)
+
+
+def test_the_default_png_level_is_the_measured_one():
+    """DEFAULT_PNG_LEVEL is what bench/png_level.py's rule chose: re-measuring updates both."""
+    import json
+
+    from srdistill.data.images import DEFAULT_PNG_LEVEL
+
+    results = Path(__file__).resolve().parents[1] / "bench" / "results" / "png_level.json"
+    if not results.exists():
+        pytest.skip("bench/results/png_level.json is not there")
+    assert json.loads(results.read_text())["chosen_level"] == DEFAULT_PNG_LEVEL

@@ -4,8 +4,9 @@ DCTLSA_x4 -> Compact 32/8 with the kd-methods study's recipe (shared/data/train,
 batch 16, lr 1e-3, the same steps for every run, 2 seeds each):
 
 * ``method``: ``plain`` (no branches), ``reparam`` (3x3 + 1x1 + expand-squeeze, extra branches
-  zero at start: the family default) and ``reparam-ecb`` (ECBSR's set: 3x3 + 1x1 + expand +
-  Sobel-x/y + Laplacian paths, zero at start);
+  zero at start: the family default), ``reparam-1x1`` (3x3 + 1x1 only: does the expand-squeeze
+  branch matter?) and ``reparam-ecb`` (ECBSR's set: 3x3 + 1x1 + expand + Sobel-x/y + Laplacian
+  paths, zero at start);
 * ``kd``: ``scratch`` (alpha 0) or ``output-kd`` (alpha 0.5).
 
 Each run writes one JSON row to the work folder (``--work``), so runs can be spread over processes
@@ -24,10 +25,10 @@ from . import common
 from .common import save
 from .kd_methods import train_and_score
 
-METHODS = {"plain": {}, "reparam": dict(reparam=True),
+METHODS = {"plain": {}, "reparam": dict(reparam=True), "reparam-1x1": dict(reparam=True, reparam_branches="1x1"),
            "reparam-ecb": dict(reparam=True, reparam_branches="1x1,expand,sobel,laplacian")}
 KD = {"scratch": dict(alpha=0.0), "output-kd": dict(alpha=0.5)}
-DEFAULT_ITEMS = [f"{m}:{k}" for m in ("plain", "reparam") for k in KD] + ["reparam-ecb:scratch"]
+DEFAULT_ITEMS = [f"{m}:{k}" for m in ("plain", "reparam") for k in KD] + ["reparam-1x1:scratch", "reparam-ecb:scratch"]
 
 
 def one_run(method: str, kd: str, seed: int, steps: int, work: Path, cache: Path | None, threads: int | None,

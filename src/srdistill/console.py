@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .errors import SrDistillError, Terminated, debug_enabled  # noqa: F401  (debug_enabled: re-exported)
+from .fileio import too_long
 from .progress import Reporter, Task
 
 
@@ -26,12 +28,20 @@ def _no_color() -> bool:
     return bool(os.environ.get("NO_COLOR"))
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def escape_control(text: str) -> str:
-    """Control characters (terminal escape sequences among them) as visible ``\\xNN``."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+    """Control characters as visible escapes: terminal escape sequences as ``\\xNN``, and newline,
+    carriage return and tab as ``\\n``, ``\\r``, ``\\t``. Every caller prints one line (a message,
+    a table cell, a per-file line): a file named ``a\\nb.png`` must not split it."""
+    return _CONTROL.sub(_escape_one, str(text))
+
+
+def _escape_one(m: re.Match) -> str:
+    c = m.group()
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
 
 
 def plain(text: Any) -> Text:
@@ -303,6 +313,12 @@ def run_cli(fn: Callable[[], Any]) -> Any:
             raise
         stderr_console().print("error: out of memory; use smaller inputs or tiles (--tile)", style="red")
         raise typer.Exit(1) from None
+    except OSError as e:  # a path no check saw: a name over 255 bytes or a path over PATH_MAX
+        if e.errno != errno.ENAMETOOLONG or debug_enabled():
+            raise
+        stderr_console().print(f"error: {escape_control(too_long(e.filename or '?'))}", style="red", markup=False,
+                               soft_wrap=True)
+        raise typer.Exit(2) from None
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)

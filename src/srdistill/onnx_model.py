@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BadPathError, ModelLoadError, UnsupportedModelError
-from .fileio import sha256_file
+from .fileio import MAX_MODEL_BYTES, check_input_file, sha256_file
 from .metadata import decode_srdistill_metadata, metadata_int
 
 # Lazy imports here: torch is imported where a tensor is made -- describing or running an .onnx file
@@ -38,10 +38,7 @@ def load_onnx_proto(path: str | os.PathLike):
     import onnx  # lazy (see the note at the top)
 
     p = Path(path)
-    if not p.exists():
-        raise BadPathError(f"model file {str(p)!r} does not exist")
-    if p.is_dir():
-        raise BadPathError(f"{str(p)!r} is a folder, not a model file")
+    check_input_file(p, "model file", MAX_MODEL_BYTES, error=BadPathError)  # not a FIFO, device or folder
     try:
         proto = onnx.load(str(p), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends

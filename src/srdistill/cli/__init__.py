@@ -20,7 +20,7 @@ except ImportError:  # older typer runs on click itself
     from click import exceptions as _cx
     from click import echo as _echo
 
-from ..console import debug_enabled, stderr_console
+from ..console import debug_enabled, escape_control, stderr_console
 
 
 _DIR_OPTIONS = {"data", "val", "calibration", "teacher_cache_dir", "save_images"}
@@ -68,13 +68,13 @@ class _Group(TyperGroup):
             rv = 0
         except _cx.UsageError as e:
             hint = f" (see 'srdistill {e.ctx.info_name} --help')" if e.ctx and e.ctx.parent else " (see 'srdistill --help')"
-            stderr_console().print(f"error: {e.format_message()}{hint}", style="red", markup=False, soft_wrap=True)
+            stderr_console().print(f"error: {escape_control(e.format_message())}{hint}", style="red", markup=False, soft_wrap=True)
             rv = 2
         except typer.Abort:
             stderr_console().print("error: aborted", style="red")
             rv = 130
         except _cx.ClickException as e:
-            stderr_console().print(f"error: {e.format_message()}", style="red", markup=False, soft_wrap=True)
+            stderr_console().print(f"error: {escape_control(e.format_message())}", style="red", markup=False, soft_wrap=True)
             rv = e.exit_code
         if not standalone_mode:
             return rv

@@ -9,7 +9,7 @@ import typer
 
 from . import app
 from ..models.families import family_names  # the registry: no torch import
-from ..console import PlainTable, RichReporter, print_json, run_cli, stdout_console
+from ..console import PlainTable, RichReporter, escape_control, print_json, run_cli, stdout_console
 
 
 def _given(ctx: typer.Context) -> list[str]:
@@ -178,12 +178,13 @@ def distill_cmd(
             return
         if build_only:
             p = res.pack
-            stdout_console().print(f"pack {p['path']}: {p['images']:,} images, {p['inputs']:,} inputs, "
-                                   f"{p['bytes'] / 1e9:.2f} GB ({'reused' if p['reused'] else 'built'})",
+            stdout_console().print(escape_control(f"pack {p['path']}: {p['images']:,} images, {p['inputs']:,} inputs, "
+                                   f"{p['bytes'] / 1e9:.2f} GB ({'reused' if p['reused'] else 'built'})"),
                                    markup=False, soft_wrap=True)
             return
         if res.nothing_to_do:  # the reporter said so; stdout keeps the facts
-            stdout_console().print(f"student {res.out}: unchanged, the run is at step {res.steps}", markup=False,
+            stdout_console().print(escape_control(f"student {res.out}: unchanged, the run is at step {res.steps}"),
+                                   markup=False,
                                    soft_wrap=True)
             return
         t = PlainTable(title="distillation", show_header=False, box=None)

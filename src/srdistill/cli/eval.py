@@ -9,7 +9,9 @@ from typing import List, Optional
 import typer
 
 from . import app
-from ..console import PlainTable, RichReporter, escape_control, print_json, run_cli, stdout_console
+from rich.text import Text
+
+from ..console import PlainTable, RichReporter, escape_control, plain, print_json, run_cli, stdout_console
 
 
 def _db(v) -> str:
@@ -139,9 +141,11 @@ def _render(r) -> None:
     ds_names = [d["name"] for d in r.datasets]
     deltas = bool(r.teacher) and r.reference != "teacher"
     for name in ds_names:
-        t.add_column(f"{name}\nPSNR / SSIM" + (" vs teacher" if r.reference == "teacher" else ""), justify="right")
+        # two-line headers: the dataset's name (escaped, as every cell) over what the column holds
+        t.add_column(Text.assemble(plain(name), "\nPSNR / SSIM" + (" vs teacher" if r.reference == "teacher" else "")),
+                     justify="right")
         if deltas:
-            t.add_column(f"{name}\nΔ dB", justify="right")
+            t.add_column(Text.assemble(plain(name), "\nΔ dB"), justify="right")
     if r.benchmark:
         t.add_column("ms / MP", justify="right")
         t.add_column("GMACs / MP", justify="right")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..errors import UsageError
+from ..errors import SHOWN_LIMIT, UsageError, shown
+from ..fileio import MAX_DEGRADATION_BYTES, read_input_bytes, shown_path
 from ..metrics import quantize_u8
 from ..progress import NULL
 from .datasets import TrainImage, make_lr
@@ -120,29 +122,48 @@ def degrade_clean(img: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 def _fail(source: str, msg: str) -> UsageError:
-    return UsageError(f"--degradation {source}: {msg}",
+    return UsageError(f"--degradation {shown_path(source)}: {msg}",
                       hint="see the README's 'Real-world teachers' section for the fields and their ranges")
+
+
+def _cut(text: str, limit: int = SHOWN_LIMIT) -> str:
+    """Text from the user's file (a parser's message, field names) cut to about ``limit`` characters."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def _number(x: Any) -> float | None:
+    """``x`` as a finite float, or None: not a number (a bool, a string, a list), NaN, infinite, or an
+    integer too large for a float (a 400-digit number)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    try:
+        v = float(x)
+    except OverflowError:
+        return None
+    return v if math.isfinite(v) else None
 
 
 def _check(source: str, p: dict) -> dict:
     for k in _PROBS:
-        v = p[k]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-            raise _fail(source, f"{k} must be a probability between 0 and 1, not {v!r}")
-        p[k] = float(v)
+        v = _number(p[k])
+        if v is None or not 0 <= v <= 1:
+            raise _fail(source, f"{k} must be a probability between 0 and 1, not {shown(p[k])}")
+        p[k] = v
     for k, (lo, hi) in _RANGES.items():
         v = p[k]
-        if (not isinstance(v, (list, tuple)) or len(v) != 2
-                or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in v)):
-            raise _fail(source, f"{k} must be a [low, high] pair of numbers, not {v!r}")
-        a, b = float(v[0]), float(v[1])
-        if not (math.isfinite(a) and math.isfinite(b)) or a > b or a < lo or b > hi:
-            raise _fail(source, f"{k} {v!r} is out of range: need {lo:g} <= low <= high <= {hi:g}")
+        pair = [_number(x) for x in v] if isinstance(v, (list, tuple)) and len(v) == 2 else None
+        if pair is None or None in pair:
+            raise _fail(source, f"{k} must be a [low, high] pair of finite numbers, not {shown(v)}")
+        a, b = pair
+        if a > b or a < lo or b > hi:
+            raise _fail(source, f"{k} {shown(v)} is out of range: need {lo:g} <= low <= high <= {hi:g}")
         p[k] = [a, b]
     for suffix in ("", "2"):
         names, probs = p["kernel_list" + suffix], p["kernel_prob" + suffix]
-        if not isinstance(names, list) or not names or any(n not in KERNELS for n in names):
-            raise _fail(source, f"kernel_list{suffix} must name kernels among {', '.join(KERNELS)}, not {names!r}")
+        if (not isinstance(names, list) or not names
+                or any(not isinstance(n, str) or n not in KERNELS for n in names)):
+            raise _fail(source, f"kernel_list{suffix} must name kernels among {', '.join(KERNELS)}, "
+                                f"not {shown(names)}")
         _check_distribution(source, "kernel_prob" + suffix, probs, len(names))
     for k in ("resize_prob", "resize_prob2"):
         _check_distribution(source, k, p[k], 3)
@@ -150,47 +171,52 @@ def _check(source: str, p: dict) -> dict:
 
 
 def _check_distribution(source: str, key: str, probs: Any, n: int) -> None:
-    if (not isinstance(probs, list) or len(probs) != n
-            or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not x >= 0 for x in probs)
-            or not math.isclose(sum(probs), 1.0, abs_tol=1e-6)):
-        raise _fail(source, f"{key} must be {n} non-negative numbers that add up to 1, not {probs!r}")
+    values = [_number(x) for x in probs] if isinstance(probs, list) and len(probs) == n else None
+    if (values is None or any(v is None or v < 0 for v in values)
+            or not math.isclose(sum(values), 1.0, abs_tol=1e-6)):
+        raise _fail(source, f"{key} must be {n} non-negative numbers that add up to 1, not {shown(probs)}")
 
 
 def load_degradation(spec: str | None) -> Degradation | None:
-    """``bicubic``/``none``/None -> None (clean bicubic LR); a preset name; or a TOML/JSON file."""
+    """``bicubic``/``none``/None -> None (clean bicubic LR); a preset name; or a TOML/JSON file: a regular
+    file of at most 1 MiB (``MAX_DEGRADATION_BYTES``), checked before it is opened."""
     if spec is None or str(spec).strip().lower() in NO_DEGRADATION:
         return None
     name = str(spec).strip()
     if name.lower() in PRESETS:
         return Degradation(name.lower(), _check(name, json.loads(json.dumps(PRESETS[name.lower()]))))
     path = Path(name)
-    if not path.exists():
-        raise UsageError(f"unknown --degradation {name!r}",
-                         hint="use bicubic, realesrgan, light, or a .toml/.json file with the same fields")
-    if path.is_dir():
-        raise UsageError(f"--degradation {name!r} is a folder", hint="give a .toml or .json file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise _fail(name, f"cannot read it: {getattr(e, 'strerror', None) or e}") from None
+        os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(f"unknown --degradation {shown_path(name)}",
+                         hint="use bicubic, realesrgan, light, or a .toml/.json file with the same fields") from None
+    except OSError:
+        pass  # a path too long, a permission problem ...: worded by the check below
+    raw = read_input_bytes(path, "--degradation file", MAX_DEGRADATION_BYTES)
     try:
-        if path.suffix.lower() == ".toml":
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _fail(name, f"cannot read it: it is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    toml = path.suffix.lower() == ".toml"
+    try:
+        if toml:
             import tomllib  # lazy: stdlib only from Python 3.11 (we support 3.10), and only TOML presets need it
 
             data = tomllib.loads(text)
         else:
             data = json.loads(text)
-    except Exception as e:  # noqa: BLE001 - a syntax error of either format: one line
-        raise _fail(name, f"not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: "
-                          f"{str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - a syntax error of either format (or JSON nested too deep): one line
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise _fail(name, f"not valid {'TOML' if toml else 'JSON'}: {_cut(first)}") from None
     if not isinstance(data, dict):
-        raise _fail(name, "expected a table of fields")
+        raise _fail(name, f"expected a table of fields, not a {type(data).__name__}")
     base = data.pop("preset", "realesrgan")
-    if base not in PRESETS:
-        raise _fail(name, f"preset must be one of {', '.join(PRESETS)}, not {base!r}")
+    if not isinstance(base, str) or base not in PRESETS:
+        raise _fail(name, f"preset must be one of {', '.join(PRESETS)}, not {shown(base)}")
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
-        raise _fail(name, f"unknown field(s) {', '.join(unknown)}")
+        raise _fail(name, f"unknown field(s) {_cut(', '.join(unknown))}")
     params = {**json.loads(json.dumps(PRESETS[base])), **data}
     return Degradation(path.name, _check(name, params))
 

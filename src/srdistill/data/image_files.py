@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import UsageError
+from ..fileio import shown_path
 from .image_type import IMAGE_EXTENSIONS
 
 def _is_image_name(p: Path) -> bool:
@@ -25,7 +26,7 @@ def scan_folder(folder: Path, recursive: bool) -> list[Path]:
         try:
             entries = list(folder.iterdir())
         except OSError as e:
-            raise UsageError(f"cannot list folder {str(folder)!r}: {e.strerror or e}") from e
+            raise UsageError(f"cannot list folder {shown_path(folder)}: {e.strerror or e}") from e
         found.extend(e for e in entries if _is_image_name(e) and e.is_file())
     return [p for p in found if p.is_file()]
 
@@ -44,7 +45,7 @@ def list_images(inputs: Iterable[str | os.PathLike], recursive: bool = False) ->
             matches = scan_folder(p, recursive)
             if not matches:
                 hint = None if recursive else "pass --recursive to look in subfolders"
-                raise UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {s!r}", hint=hint)
+                raise UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {shown_path(s)}", hint=hint)
         elif p.is_file():
             matches = [p]
         elif _glob.has_magic(s):
@@ -56,11 +57,11 @@ def list_images(inputs: Iterable[str | os.PathLike], recursive: bool = False) ->
                 elif mp.is_file() and _is_image_name(mp):
                     matches.append(mp)
             if not matches:
-                raise UsageError(f"pattern {s!r} matches no images")
+                raise UsageError(f"pattern {shown_path(s)} matches no images")
         elif p.exists():
-            raise UsageError(f"{s!r} is not a file or folder")
+            raise UsageError(f"{shown_path(s)} is not a file or folder")
         else:
-            raise UsageError(f"{s!r}: no such file or folder")
+            raise UsageError(f"{shown_path(s)}: no such file or folder")
         for m in matches:
             found.setdefault(os.path.normcase(os.path.abspath(m)), m)
     return sorted(found.values(), key=lambda q: str(q))

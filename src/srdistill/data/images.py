@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import struct
 import zlib
 from pathlib import Path
@@ -34,7 +33,7 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from ..errors import ImageError, SrDistillError, UsageError
-from ..fileio import atomic_path
+from ..fileio import MAX_IMAGE_BYTES, atomic_path, open_input_file
 from ..progress import NULL, Reporter
 
 # the 16-bit PNG codec lives in png16.py; read_image and write_image look these names up here,
@@ -63,27 +62,16 @@ __all__ = [
 
 
 def _open_checked(p: Path, fail) -> BinaryIO:
-    """The file opened for reading, after the checks that need no decoding (exists, kind, size)."""
+    """The file opened for reading, after the checks that need no decoding (exists, a regular file of
+    at most MAX_IMAGE_BYTES -- never a FIFO or a device --, not empty): fileio's one input check."""
     try:
-        st = p.stat()
-    except FileNotFoundError as e:
-        fail("no such file", e)
-    except PermissionError as e:
-        fail("permission denied", e)
-    except OSError as e:
-        fail(e.strerror or str(e), e)
-    if stat.S_ISDIR(st.st_mode):
-        fail("it is a folder, not an image file")
-    if not stat.S_ISREG(st.st_mode):
-        fail("not a regular file")
-    if st.st_size == 0:
+        f = open_input_file(p, "image", MAX_IMAGE_BYTES, error=ImageError)
+    except SrDistillError as e:
+        fail(getattr(e, "reason", None) or str(e), e)
+    if os.fstat(f.fileno()).st_size == 0:
+        f.close()
         fail("the file is empty (0 bytes)")
-    try:
-        return open(p, "rb")
-    except PermissionError as e:
-        fail("permission denied", e)
-    except OSError as e:
-        fail(e.strerror or str(e), e)
+    return f
 
 
 def _png_checks(f: BinaryIO, head: bytes, fmt: str, w: int, h: int, name: str, fail, rep: Reporter):

@@ -33,6 +33,7 @@ import torch
 from ..data.datasets import builtin_train_dir, builtin_val_dir, list_train_entries
 from ..data.degrade import load_degradation
 from ..errors import SrDistillError, UsageError, shown
+from ..fileio import MAX_CHECKPOINT_BYTES, read_input_bytes
 from .state import check_rng_state
 
 # options that define what a run trains: taken from the checkpoint, or must match it. The rest of
@@ -71,8 +72,8 @@ def read_checkpoint(path: Path, fmt: int) -> dict:
     """The checkpoint as a dict whose entries have the types a resume reads, or a one-line error
     (truncated, list-shaped, another version, an entry missing or of the wrong type, a bad RNG state).
     Tensor names and shapes are checked against the models by :func:`check_against_models`."""
+    data = read_input_bytes(path, "checkpoint", MAX_CHECKPOINT_BYTES)  # never a FIFO, a device, a folder
     try:
-        data = Path(path).read_bytes()
         ck = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except OSError as e:
         raise SrDistillError(f"cannot read the checkpoint {str(path)!r}: {e.strerror or e}") from None

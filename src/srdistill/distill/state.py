@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import glob
+import io
 import json
 import math
 import os
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import OutputExistsError, SrDistillError
+from ..fileio import MAX_LOG_BYTES, check_input_file, open_input_file
 
 try:
     import fcntl
@@ -49,12 +51,25 @@ def remove_stale_partials(paths: dict[str, Path]) -> None:
                 tmp.unlink()
 
 
+def existing_log(log: Path) -> bool:
+    """Whether the training log exists; a usage error, at once, if it is there but not a regular file
+    of at most MAX_LOG_BYTES (a FIFO would hang the run when it opens the log, a device take its lines)."""
+    try:
+        os.lstat(log)
+    except OSError:
+        return False
+    check_input_file(log, "training log", MAX_LOG_BYTES)
+    return True
+
+
 def unfinished_run_log(log: Path) -> bool:
     """True if ``log`` is a training log srdistill started (its first line is our start event) for a run
     that never finished (killed, or stopped before its last step): only such a log may be replaced
     without --overwrite. A finished run's log is the record of a model that may live elsewhere now."""
+    if not existing_log(log):
+        return False
     try:
-        with open(log, encoding="utf-8") as f:
+        with io.TextIOWrapper(open_input_file(log, "training log", MAX_LOG_BYTES), encoding="utf-8") as f:
             first = json.loads(f.readline() or "null")
             if not (isinstance(first, dict) and first.get("event") == "start" and "srdistill" in first):
                 return False

@@ -16,7 +16,7 @@ import torch
 
 from ..devices import resolve_device
 from ..errors import OutputExistsError, SrDistillError, TrainingError, UsageError
-from ..fileio import check_writable
+from ..fileio import check_path_length, check_writable
 from ..models.loading import check_model_path, load_model, sha256_file
 from ..progress import NULL, Reporter
 from . import distributed as dist_util
@@ -26,7 +26,7 @@ from .data_stage import DEFAULT_VARIANTS, UPCYCLE_RATIO, open_training_pack  # n
 from .resume import apply_checkpoint_config, explicit_fields, read_checkpoint
 from .run import NAN_HOOK_ENV, RANK_DUMP_ENV, SIGNAL_HOOK_ENV, Run, TrainHooks  # noqa: F401  (re-exported)
 from .state import (CKPT_FORMAT, EMA, RunLock, finalize_reparam, lr_lambda, paths_for,  # noqa: F401  (re-exported)
-                    remove_stale_partials, unfinished_run_log)
+                    existing_log, remove_stale_partials, unfinished_run_log)
 
 
 def distill(cfg: DistillConfig, reporter: Reporter = NULL, hooks: TrainHooks | None = None) -> DistillResult:
@@ -72,6 +72,8 @@ def _out_paths(cfg: DistillConfig) -> dict[str, Path]:
     paths = paths_for(cfg.out)
     if paths["out"].suffix.lower() != ".safetensors":
         raise UsageError(f"--out must end in .safetensors, not {paths['out'].name!r}")
+    for p in paths.values():  # a name over 255 bytes: exit 2 here, not a lock file that "cannot be created"
+        check_path_length(p, "--out")
     return paths
 
 
@@ -86,6 +88,7 @@ def _claim_outputs(cfg: DistillConfig, paths: dict[str, Path], ctx) -> RunLock:
             remove_stale_partials(paths)  # temporaries of a run that was killed mid-write
             try:
                 if cfg.resume:
+                    existing_log(paths["log"])  # appended to: refused at once if a FIFO or a device
                     if not paths["ckpt"].exists():
                         raise UsageError(f"--resume: no checkpoint {str(paths['ckpt'])!r} to resume from",
                                          hint="run without --resume to start fresh")

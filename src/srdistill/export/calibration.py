@@ -14,6 +14,7 @@ from ..data.datasets import to_uint8_chw
 from ..data.images import IMAGE_EXTENSIONS, read_image, scan_folder
 from ..data.resize import downscale_for_sr, quantize_uint8
 from ..errors import ImageError, SrDistillError, UsageError
+from ..fileio import shown_path
 from ..metrics import psnr, quantize_u8, to_uint8
 from .verify import _first_line, _test_batch
 
@@ -28,13 +29,13 @@ def _list_images(folder: Path) -> list[Path]:
 def _check_calibration(path) -> list[Path]:
     p = Path(path)
     if not p.exists():
-        raise UsageError(f"calibration folder {str(p)!r} does not exist",
+        raise UsageError(f"calibration folder {shown_path(p)} does not exist",
                              hint="give a folder of images, or leave out --calibration for dynamic int8")
     if not p.is_dir():
-        raise UsageError(f"--calibration {str(p)!r} is not a folder")
+        raise UsageError(f"--calibration {shown_path(p)} is not a folder")
     imgs = _list_images(p)
     if not imgs:
-        raise SrDistillError(f"calibration folder {str(p)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})",
+        raise SrDistillError(f"calibration folder {shown_path(p)} holds no images ({', '.join(IMAGE_EXTENSIONS)})",
                              hint="add a few representative images, or leave out --calibration for dynamic int8")
     return imgs
 

@@ -26,7 +26,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._device import _device_constructors
 
-from ..fileio import sha256_file
+from ..fileio import MAX_MODEL_BYTES, check_input_file, open_input_file, sha256_file, shown_path
 from ..errors import BadPathError, ModelLoadError, UnsafeModelError, UnsupportedModelError, UsageError
 from ..metadata import decode_srdistill_metadata
 from ._compat import import_spandrel
@@ -198,17 +198,15 @@ def check_model_path(path: str | os.PathLike, *, onnx: bool = False) -> Path:
 
 
 def _check_file(p: Path) -> None:
-    if not p.exists():
-        raise BadPathError(f"model file {str(p)!r} does not exist")
-    if p.is_dir():
-        raise BadPathError(f"{str(p)!r} is a folder, not a model file")
-    if p.stat().st_size == 0:
-        raise ModelLoadError(f"model file {str(p)!r} is empty (0 bytes)")
+    """A regular file of at most MAX_MODEL_BYTES (a usage error otherwise: a folder, a device, a FIFO),
+    and not empty."""
+    if check_input_file(p, "model file", MAX_MODEL_BYTES, error=BadPathError).st_size == 0:
+        raise ModelLoadError(f"model file {shown_path(p)} is empty (0 bytes)")
 
 
 def _read_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    size = p.stat().st_size
-    with open(p, "rb") as f:
+    with open_input_file(p, "model file", MAX_MODEL_BYTES, error=BadPathError) as f:
+        size = os.fstat(f.fileno()).st_size
         head = f.read(8)
         if len(head) < 8:
             raise ModelLoadError(f"{p.name} is truncated: too short to be a safetensors file")

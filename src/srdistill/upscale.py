@@ -33,6 +33,7 @@ from .data.resize import imresize
 from .devices import resolve_device
 from .onnx_model import cuda_provider_available, load_any
 from .errors import ModelLoadError, OutputExistsError, SrDistillError, UnsupportedModelError, UsageError, debug_enabled
+from .fileio import check_path_length
 from .progress import NULL, Reporter, Task
 from .runner import Runner
 from .upscale_pipeline import Outcome, run_pipeline
@@ -442,6 +443,7 @@ def _run_files(pairs: list[tuple[Path, Path]], runner: _Runner, opts: UpscaleOpt
 
     def read(i: int, r: Reporter) -> Image:
         src, dst = pairs[i]
+        check_path_length(dst, "output path")  # a name over 255 bytes: this file's reason, in words
         if dst.exists() and not opts.overwrite:
             raise OutputExistsError(f"{str(dst)!r} already exists", hint="pass --overwrite to replace it")
         img = read_image(src, max_pixels=max_px, reporter=r)

@@ -445,3 +445,19 @@ def test_eval_table_escapes_dataset_and_model_names(tmp_path, tally, tiny_model_
         escaped = escape_control(name)
         assert escaped in r.stdout and f"stu{escaped}dent" in r.stdout, r.stdout
         assert "PSNR / SSIM" in r.stdout  # the two-line header keeps its own line break
+
+
+def test_an_output_name_made_too_long_fails_that_file_in_words(tmp_path, tally, sample_png, monkeypatch):
+    """A 250-byte input name is legal; its output (+ "_x4") is not: that file fails, named, in words."""
+    from srdistill import assets
+
+    monkeypatch.chdir(tmp_path)
+    long_in = Path("p" * 250 + ".png")
+    long_in.write_bytes(sample_png.read_bytes())
+    Path("ok.png").write_bytes(sample_png.read_bytes())
+    with tally.case(PATHS, "upscale: an output name over 255 bytes"):
+        r = _cli("upscale", long_in, "ok.png", "-m", assets.DEFAULT_MODEL, "--quiet", timeout=300)
+        assert r.exit_code == 1, (r.stdout, r.stderr)
+        failed = [ln for ln in r.stdout.splitlines() if ln.startswith("failed")]
+        assert len(failed) == 1 and "too long" in failed[0] and "Errno" not in failed[0], r.stdout
+        assert any(ln.startswith("ok") and "ok.png" in ln for ln in r.stdout.splitlines()), r.stdout

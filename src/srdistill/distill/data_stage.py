@@ -13,6 +13,7 @@ Three ways in, one result (:class:`TrainingData`):
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -154,8 +155,7 @@ def _upcycle(cfg, images, teacher, device, rep: Reporter, cache_info: dict, samp
         raise UsageError("--upcycle: no image is large enough for a zoom-in or zoom-out input",
                          hint="lower --patch-size or drop --upcycle")
     fill = fill_teacher_cache(up, teacher, teacher.scale, device=device, tile=cfg.cache_tile, reporter=rep,
-                              cache_dir=Path(cfg.pack) / "upcycled" if cfg.pack else None,
-                              teacher_key=teacher.sha256 or "")
+                              cache_dir=_upcycle_cache(cfg, rep), teacher_key=teacher.sha256 or "")
     label_with_targets(up)
     ratio = UPCYCLE_RATIO if cfg.upcycle_ratio is None else cfg.upcycle_ratio
     k = min(cfg.batch_size - 1, max(1, round(ratio * cfg.batch_size)))
@@ -168,3 +168,20 @@ def _upcycle(cfg, images, teacher, device, rep: Reporter, cache_info: dict, samp
              f"{mb:.1f} MB extra cache, {secs:.1f} s" + (f" ({fill['reused']} reused)" if fill["reused"] else "")
              + f"; {k} of {cfg.batch_size} patches per batch")
     return MixedSampler(sampler, PatchSampler(up, teacher.scale, cfg.patch_size), k, cfg.batch_size)
+
+
+def _upcycle_cache(cfg, rep: Reporter) -> Path | None:
+    """Where the upcycled inputs' teacher outputs are kept: beside the packs, unless that folder
+    cannot be written (a complete pack on a read-only file system is still usable: memory only)."""
+    if not cfg.pack:
+        return None
+    folder = Path(cfg.pack) / "upcycled"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        writable = os.access(folder, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        rep.info(f"upcycle: {str(folder)!r} cannot be written; the zoom inputs' teacher outputs stay in memory")
+        return None
+    return folder

@@ -4,6 +4,10 @@ The plan of every step (which image, where, which flip) is drawn from the run's 
 this process, in step order, so a run is the same with any ``--workers`` and a resumed run
 continues the exact sequence: the checkpoint stores the generator's state *before* the next
 step's plan, even when workers have already been handed plans further ahead.
+
+A worker that meets srdistill's own error (a damaged pack file) hands it back as a value, and this
+process raises it as it is: one line, not the worker's traceback wrapped into a message. The
+workers are shut down on the way out (so they exit cleanly and remove their ``pymp-*`` folders).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Iterator
 import torch
 
 from ..data.datasets import Batch
+from ..errors import SrDistillError
 
 
 def default_workers(device: torch.device) -> int:
@@ -57,7 +62,10 @@ class _Crops(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         step, plan = item
-        b = self.sampler.crop(plan, torch.device("cpu"))
+        try:
+            b = self.sampler.crop(plan, torch.device("cpu"))
+        except SrDistillError as e:  # returned, not raised: DataLoader would wrap it in its traceback
+            return step, plan, e, None, None
         return step, plan, b.lr, b.hr, b.target
 
 
@@ -78,5 +86,13 @@ def batches(stream: PlanStream, device: torch.device, workers: int) -> Iterator[
     def move(t):
         return None if t is None else t.to(device, non_blocking=True)
 
-    for _, plan, lr, hr, tg in loader:
-        yield plan, Batch(move(lr), move(hr), move(tg))
+    it = iter(loader)
+    try:
+        for _, plan, lr, hr, tg in it:
+            if isinstance(lr, BaseException):
+                raise lr
+            yield plan, Batch(move(lr), move(hr), move(tg))
+    finally:
+        shutdown = getattr(it, "_shutdown_workers", None)  # now, not when the iterator is collected
+        if shutdown is not None:
+            shutdown()

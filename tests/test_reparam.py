@@ -130,3 +130,20 @@ def test_reparam_student_exports_the_plain_graph(teacher_path, data_dir, tmp_pat
         outs[name] = ([(n.op_type, list(n.input), list(n.output)) for n in g.node],
                       [(i.name, list(i.dims)) for i in g.initializer])
     assert outs["plain"] == outs["rep"]
+
+
+def test_one_kernel_forward_equals_the_branches_side_by_side_with_the_same_gradients():
+    torch.manual_seed(3)
+    conv = torch.nn.Conv2d(6, 6, 3, padding=1)
+    rep = RepConv(conv, ALL)
+    with torch.no_grad():
+        for p in rep.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    x = torch.rand(2, 6, 9, 11)
+    a = rep(x)
+    b = rep.branchwise(x)
+    assert torch.allclose(a, b, atol=1e-5)
+    ga = torch.autograd.grad(a.square().sum(), list(rep.parameters()))
+    gb = torch.autograd.grad(rep.branchwise(x).square().sum(), list(rep.parameters()))
+    for u, v in zip(ga, gb):
+        assert torch.allclose(u, v, atol=1e-4, rtol=1e-4)

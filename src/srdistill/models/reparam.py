@@ -12,7 +12,9 @@ and keeps the 3x3 receptive field, so the sum folds back into one 3x3 conv:
   fixed depthwise Sobel-x and Sobel-y / Laplacian mask with a learned per-channel scale and bias;
 * ``identity``: ``x`` itself (only where input and output channels match).
 
-The last layer of every extra branch starts at zero, so a student starts as exactly the plain
+Training runs the branches summed into one kernel (differentiably, so each branch gets its own
+gradient: the parameterisation, not the function, is what changes), so a step costs about what a
+plain step costs. The last layer of every extra branch starts at zero, so a student starts as exactly the plain
 network (a teacher-initialised one as exactly the teacher's weights): the branches only change
 how gradient descent moves through the same function space. :func:`fold` turns each RepConv back
 into a plain ``nn.Conv2d`` under the original name, so a folded module's state dict is the
@@ -101,6 +103,48 @@ class RepConv(nn.Module):
         self.to(device=conv.weight.device, dtype=conv.weight.dtype)
 
     def forward(self, x):
+        # the branches summed as one kernel, differentiably (online re-parameterisation, OREPA
+        # CVPR'22): the same function and the same gradients for every branch as running them side
+        # by side, at the cost of one 3x3 conv instead of four or more
+        w, b = self.kernel()
+        return F.conv2d(x, w.to(x.dtype), b.to(x.dtype), padding=1)
+
+    def kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one 3x3 kernel and bias equal to the sum of the branches (differentiable)."""
+        conv = self.conv
+        w = conv.weight
+        b = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels, device=w.device, dtype=w.dtype)
+        if "1x1" in self.branches:
+            w = w + F.pad(self.c1x1.weight, (1, 1, 1, 1))
+            b = b + self.c1x1.bias
+        if "expand" in self.branches:
+            # squeeze(expand(x)): W[o, i] = sum_k squeeze[o, k] * expand[k, i]; exact because the
+            # expand conv has no bias (the squeeze pads its input with zeros)
+            w = w + torch.einsum("okhw,ki->oihw", self.squeeze.weight, self.expand.weight[:, :, 0, 0])
+            b = b + self.squeeze.bias
+        for edge in self.edges.values():
+            ew, eb = edge.kernel()
+            w = w + ew
+            b = b + eb
+        if self.identity:
+            eye = torch.zeros_like(w)
+            idx = torch.arange(conv.out_channels, device=w.device)
+            eye[idx, idx, 1, 1] = 1.0
+            w = w + eye
+        return w, b
+
+    @torch.no_grad()
+    def folded(self) -> nn.Conv2d:
+        """One plain 3x3 conv computing the same function."""
+        w, b = self.kernel()
+        out = nn.Conv2d(self.conv.in_channels, self.conv.out_channels, 3, padding=1, bias=True,
+                        device=w.device, dtype=w.dtype)
+        out.weight.copy_(w)
+        out.bias.copy_(b)
+        return out
+
+    def branchwise(self, x):
+        """The branches run side by side (what :meth:`forward` computes in one conv): for tests."""
         y = self.conv(x)
         if "1x1" in self.branches:
             y = y + self.c1x1(x)
@@ -111,33 +155,6 @@ class RepConv(nn.Module):
         if self.identity:
             y = y + x
         return y
-
-    @torch.no_grad()
-    def folded(self) -> nn.Conv2d:
-        """One plain 3x3 conv computing the same function."""
-        conv = self.conv
-        w = conv.weight.detach().clone()
-        b = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(conv.out_channels,
-                                                                                 device=w.device, dtype=w.dtype)
-        if "1x1" in self.branches:
-            w[:, :, 1:2, 1:2] += self.c1x1.weight
-            b += self.c1x1.bias
-        if "expand" in self.branches:
-            # squeeze(expand(x)): W[o, i] = sum_k squeeze[o, k] * expand[k, i]
-            w += torch.einsum("okhw,ki->oihw", self.squeeze.weight, self.expand.weight[:, :, 0, 0])
-            b += self.squeeze.bias
-        for edge in self.edges.values():
-            ew, eb = edge.kernel()
-            w += ew
-            b += eb
-        if self.identity:
-            idx = torch.arange(conv.out_channels, device=w.device)
-            w[idx, idx, 1, 1] += 1.0
-        out = nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1, bias=True,
-                        device=w.device, dtype=w.dtype)
-        out.weight.copy_(w)
-        out.bias.copy_(b)
-        return out
 
 
 def _is_plain_3x3(m: nn.Module) -> bool:

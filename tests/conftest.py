@@ -14,3 +14,17 @@ def shared_dir() -> Path:
     if not d.is_dir():
         pytest.skip("../shared not found: real teachers/benchmark images are only in the project's shared folder")
     return d
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _runtime_cache(tmp_path_factory):
+    """``--runtime auto`` caches its choice in the user's cache folder: the tests use their own."""
+    import os
+
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old

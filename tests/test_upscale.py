@@ -304,7 +304,7 @@ def test_outscale_3_with_x2_model(cli, c2, tmp_path):
 
 def test_onnx_models(cli, c2, c2_onnx, tmp_path):
     src = rgb_png(tmp_path / "a.png", w=50, h=40)
-    r = run(cli, src, "-m", c2_onnx, "-o", tmp_path / "onnx.png", "--json")
+    r = run(cli, src, "-m", c2_onnx, "-o", tmp_path / "onnx.png", "--json", "--runtime", "native")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["model"]["backend"] == "onnxruntime"
     assert run(cli, src, "-m", c2, "-o", tmp_path / "torch.png").exit_code == 0
@@ -325,9 +325,9 @@ def test_onnx_models(cli, c2, c2_onnx, tmp_path):
     # identical away from the bottom/right border (padded by reflection, not zeros, there)
     assert np.abs(s - b)[:-10, :-10].max() <= 1
 
-    # --backend onnx with a checkpoint: export it first
-    r = run(cli, src, "-m", c2, "--backend", "onnx")
-    assert r.exit_code == 2 and "srdistill export" in r.stderr
+    # the deprecated --backend onnx runs a checkpoint in onnxruntime (an in-memory ONNX graph)
+    r = run(cli, src, "-m", c2, "--backend", "onnx", "-o", tmp_path / "via_onnx.png", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["model"]["runtime"] == "onnxruntime"
 
 
 def test_default_model_when_no_m(cli, c2, tmp_path, monkeypatch):

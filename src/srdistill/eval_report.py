@@ -139,6 +139,7 @@ class EvalOptions:
     bench_size: int = 128
     bench_repeats: int = 10
     threads: int | None = None
+    runtime: str = "native"  # native (each file in its own format's runtime), auto (measured), torch, ...
     reference: str = "hr"  # "teacher": score against the teacher's outputs (fidelity), not the HR images
     degradation: str | None = None  # degrade the HR into the inputs (realesrgan, light, a file)
     seed: int = 0  # of the degradation

@@ -44,11 +44,12 @@ from .eval_report import (MAX_BENCH_SIZE, EvalOptions, EvalReport, ModelRow, _ch
 from .fileio import check_writable
 from .metrics import psnr, quantize_u8, ssim, to_uint8
 from .models.loading import SRModel
-from .onnx_model import OnnxModel, load_any
+from .onnx_model import OnnxModel
 from .progress import NULL, Reporter, Task
 from .reference import degrade_pairs, lr_only_pairs, teacher_reference
 from .report import benchmark, save_png
 from .runner import run_sr  # noqa: F401  (re-exported: eval's building blocks)
+from .runtimes.select import check_runtime_name, open_model
 from .tiling import parse_tile
 
 __all__ = [
@@ -147,13 +148,24 @@ def _format_of(model: Any) -> str:
         return "onnx"
     if isinstance(model, SRModel):
         return "pytorch"
+    if hasattr(model, "session"):  # OpenVINO, ncnn: no torch module to count MACs or memory on
+        return "runtime"
     return "object"
 
 
-def _load(spec: Any, device: torch.device, threads: int | None) -> tuple[Any, str | None]:
+def _load(spec: Any, device: torch.device, threads: int | None, opts: EvalOptions | None = None,
+          rep: Reporter = NULL) -> tuple[Any, str | None]:
     if isinstance(spec, (str, os.PathLike)):
         p = Path(spec)
-        model = load_any(p, device=str(device), threads=threads)
+        runtime = opts.runtime if opts is not None else "native"
+        size = (opts.bench_size,) * 2 if opts is not None else None
+        try:
+            model, _ = open_model(p, runtime=runtime, device=str(device), threads=threads, size=size, reporter=rep)
+        except UsageError:
+            if device.type != "cuda" or runtime == "torch" or p.suffix.lower() not in (".onnx", ".xml", ".param"):
+                raise
+            # as before the runtime layer: a file whose runtime has no CUDA here is scored on the CPU
+            model, _ = open_model(p, runtime=runtime, device="cpu", threads=threads, size=size, reporter=rep)
         if isinstance(model, SRModel):
             model.module.eval()
         return model, str(p)
@@ -250,6 +262,7 @@ class _Evaluation:
         self.bench_size = _check_int("--bench-size", opts.bench_size, 1, allow_none=False, maximum=MAX_BENCH_SIZE)
         self.repeats = _check_int("--repeats", opts.bench_repeats, 1, allow_none=False, maximum=10_000)
         self.threads = _check_int("--threads", opts.threads, 1, maximum=4096)
+        opts.runtime = check_runtime_name(opts.runtime)
         self.deg = _check_reference_options(opts)
         if not opts.data:
             raise UsageError("no dataset given", hint="pass --data FOLDER (HR images, or an HR/ + LR_bicubic/ layout)")
@@ -283,7 +296,7 @@ class _Evaluation:
         if opts.reference == "teacher" and teacher_index is None:
             raise UsageError("--reference teacher needs a teacher to compare with",
                              hint="give the teacher as the first model, or pass --teacher FILE")
-        loaded = [_load(s, self.device, self.threads) for s in specs]
+        loaded = [_load(s, self.device, self.threads, opts, self.rep) for s in specs]
         names = _unique([_model_name(m, p) for m, p in loaded])
         entries = [_Entry(name, model, "teacher" if i == teacher_index else "student", _format_of(model), path)
                    for i, ((model, path), name) in enumerate(zip(loaded, names))]
@@ -417,7 +430,7 @@ class _Evaluation:
                               multiple_of=int(getattr(e.model, "multiple_of", 1) or 1),
                               channels=int(getattr(e.model, "input_channels", 3) or 3),
                               warmup=2 if dev.type == "cuda" else 1, repeats=repeats,
-                              macs=e.format not in ("onnx", "bicubic"), memory=e.format != "onnx")
+                              macs=e.format in ("pytorch", "object"), memory=e.format in ("pytorch", "object"))
                 r.benchmark = b.to_dict()
                 r.latency_ms_per_mp, r.peak_memory_mib, r.macs_per_mp = b.latency_ms_per_mp, b.peak_memory_mib, \
                     b.macs_per_mp

@@ -31,6 +31,7 @@ class ModelInfo:
     srdistill: dict = field(default_factory=dict)
     modelspec: dict = field(default_factory=dict)
     onnx: dict = field(default_factory=dict)
+    runtime_file: dict = field(default_factory=dict)  # OpenVINO IR / ncnn: inputs, outputs, layers, weights
     sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -47,6 +48,8 @@ def model_info(path: str | os.PathLike) -> ModelInfo:
                          params=metadata_int(meta, "srdistill.params", 0), hyperparameters=srd.get("hyperparameters", {}) or {},
                          knobs=srd.get("knobs", {}) or {}, srdistill=srd, sha256=d["sha256"],
                          onnx={k: d[k] for k in ("opset", "inputs", "outputs", "dynamic_axes", "producer")})
+    if p.suffix.lower() in (".xml", ".param"):
+        return _runtime_file_info(p)
     from .models.loading import load_model  # lazy: torch (seconds); `info x.onnx` must not import it
 
     m = load_model(p, require_sr=False)
@@ -64,3 +67,20 @@ def model_info(path: str | os.PathLike) -> ModelInfo:
         hyperparameters=json_safe(m.hyperparameters), srdistill=m.srdistill,
         modelspec={k[10:]: v for k, v in m.metadata.items() if k.startswith("modelspec.")}, sha256=m.sha256,
     )
+
+
+def _runtime_file_info(p: Path) -> ModelInfo:
+    """An OpenVINO IR (.xml + .bin) or an ncnn model (.param + .bin), read as text: no runtime needed."""
+    from .errors import BadPathError  # lazy: kept beside the only use, on the torch-free path
+    from .runtimes.ncnn_runtime import describe_param  # lazy: the runtime registry is needed by these files only
+    from .runtimes.openvino_runtime import describe_ir  # lazy: as above
+
+    if not p.is_file():
+        raise BadPathError(f"model file {str(p)!r} does not exist")
+    d = describe_ir(p) if p.suffix.lower() == ".xml" else describe_param(p)
+    meta = d.pop("metadata")
+    srd = decode_srdistill_metadata(meta)
+    return ModelInfo(path=str(p), format=d["format"], architecture=srd.get("architecture"),
+                     scale=metadata_int(meta, "srdistill.scale"), params=metadata_int(meta, "srdistill.params", 0),
+                     hyperparameters=srd.get("hyperparameters", {}) or {}, knobs=srd.get("knobs", {}) or {},
+                     srdistill=srd, sha256=d.pop("sha256"), runtime_file=d)

@@ -251,10 +251,23 @@ def _elem_name(t: int) -> str:
 
 
 #: file suffix -> loader of a runnable model: the one table ``upscale`` and ``eval`` pick backends from.
-#: A new format (TensorRT, OpenVINO, CoreML) adds its export module under ``srdistill/export/`` and
+#: OpenVINO IR (.xml) and ncnn (.param) load through their runtimes (:mod:`srdistill.runtimes`). A new
+#: format (TensorRT, CoreML) adds its export module under ``srdistill/export/``, its runtime, and
 #: its runnable (call on NCHW float in [0, 1], ``scale``, ``min_size``, ``multiple_of``,
 #: ``static_size``, ``input_channels``) here. Anything else loads as a PyTorch checkpoint.
-RUNNABLE_LOADERS: dict[str, Any] = {".onnx": load_onnx}
+def _load_with(runtime: str):
+    def load(path, *, device: str = "cpu", threads: int | None = None):
+        from .runtimes import get_runtime  # lazy: the runtime registry imports this module
+
+        rt = get_runtime(runtime)
+        rt.require()  # not installed: one line naming the extra
+        return rt.load(path, device="cpu" if str(device).startswith("cuda") else device, threads=threads)
+
+    load.__name__ = f"load_{runtime}"
+    return load
+
+
+RUNNABLE_LOADERS: dict[str, Any] = {".onnx": load_onnx, ".xml": _load_with("openvino"), ".param": _load_with("ncnn")}
 
 
 def load_any(path: str | os.PathLike, *, device: str = "cpu", threads: int | None = None):

@@ -30,8 +30,8 @@ import torch
 
 from .data.images import DEFAULT_MAX_PIXELS, DEFAULT_PNG_LEVEL, Image, list_images, read_image, write_image
 from .data.resize import imresize
-from .devices import resolve_device
-from .onnx_model import cuda_provider_available, load_any
+from .models.loading import SRModel
+from .runtimes.select import check_runtime_name, open_model, probe_size
 from .errors import ModelLoadError, OutputExistsError, SrDistillError, UnsupportedModelError, UsageError, debug_enabled
 from .fileio import check_path_length
 from .progress import NULL, Reporter, Task
@@ -74,7 +74,8 @@ class UpscaleOptions:
     recursive: bool = False
     tile: int | str | None = "auto"  # "auto", 0/None (whole image), or LR pixels per tile
     tile_overlap: int = 16
-    backend: str = "auto"  # auto (.onnx -> onnxruntime, else torch), onnx, torch
+    backend: str = "auto"  # deprecated: onnx (-> runtime onnxruntime), torch (-> torch)
+    runtime: str = "auto"  # auto (measured, cached), native, torch, onnxruntime, openvino, ncnn
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     threads: int | None = None
     outscale: float | None = None  # final size = outscale x input size; None: the model's scale
@@ -95,6 +96,7 @@ class UpscaleOptions:
         self.backend = str(self.backend or "auto").strip().lower()
         if self.backend not in BACKENDS:
             raise UsageError(f"invalid --backend {self.backend!r}", hint="use auto, onnx or torch")
+        self.runtime = check_runtime_name(self.runtime)
         if self.threads is not None and (isinstance(self.threads, bool) or int(self.threads) < 1):
             raise UsageError(f"--threads must be 1 or more, got {self.threads!r}")
         if self.outscale is not None:
@@ -262,64 +264,35 @@ def default_model_path(backend: str = "auto") -> Path:
     raise ModelLoadError("no bundled default model found in the installed package", hint="pass a model with -m")
 
 
-def _is_onnx(path: Path) -> bool:
-    return path.suffix.lower() == ".onnx"
+#: the deprecated ``--backend`` values and the runtime each means
+_BACKEND_RUNTIME = {"onnx": "onnxruntime", "torch": "torch"}
 
 
-def _onnx_device(name: str) -> str:
-    """onnxruntime has its own CUDA support (onnxruntime-gpu): pick cpu/cuda for it."""
-    name = (name or "auto").strip().lower()
-    has_cuda = cuda_provider_available()
-    if name == "auto":
-        return "cuda" if has_cuda and torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return "cpu"
-    if name.startswith("cuda"):
-        if not has_cuda:
-            raise UsageError(f"--device {name}: this onnxruntime has no CUDA support",
-                             hint="install onnxruntime-gpu, or use --device cpu or --backend torch")
-        return name
-    raise UsageError(f"invalid --device {name!r}", hint="use auto, cpu, cuda or cuda:N")
+def load_upscale_model(path: str | os.PathLike | None = None, *, runtime: str = "auto", backend: str = "auto",
+                       device: str = "auto", threads: int | None = None, size: tuple[int, int] | None = None,
+                       reporter: Reporter | None = None) -> tuple[Any, dict]:
+    """Load the model for upscaling through the runtime layer; returns ``(model, description)``.
 
-
-def load_upscale_model(path: str | os.PathLike | None = None, *, backend: str = "auto", device: str = "auto",
-                       threads: int | None = None) -> tuple[Any, dict]:
-    """Load the model for upscaling; returns ``(model, description)``.
-
-    ``backend`` "auto" runs ``.onnx`` files with onnxruntime and checkpoints with torch;
-    "onnx" needs an ``.onnx`` file (export a checkpoint with ``srdistill export`` first),
-    "torch" a checkpoint. ``device`` "cuda" without a CUDA device is a UsageError.
+    ``runtime``: auto (the fastest installed runtime, measured at ``size`` and cached), native (the
+    file's own), torch, onnxruntime, openvino or ncnn (see :mod:`srdistill.runtimes`). ``backend`` is
+    the deprecated name (onnx: onnxruntime, torch: torch). ``device`` "cuda" without CUDA is a UsageError.
     """
     backend = (backend or "auto").lower()
-    p = Path(path) if path is not None else default_model_path(backend)
-    onnx = _is_onnx(p)
-    if backend == "onnx" and not onnx:
-        raise UsageError(f"--backend onnx runs .onnx files; {p.name} is a checkpoint",
-                         hint=f"export it first with 'srdistill export {p}', or use --backend torch")
-    if backend == "torch" and onnx:
-        raise UsageError(f"--backend torch cannot run the ONNX file {p.name}",
-                         hint="use --backend onnx (or auto), or pass the original checkpoint")
-    if onnx:
-        dev = _onnx_device(device)
-        model = load_any(p, device=dev, threads=threads)
-        providers = list(model.session.get_providers())
-        used = "cuda" if providers and providers[0] == "CUDAExecutionProvider" else "cpu"
-        desc = {"backend": "onnxruntime", "device": used, "providers": providers}
-    else:
-        dev = resolve_device(device)
-        model = load_any(p, device=str(dev), threads=threads)
+    if backend != "auto":
+        runtime = _BACKEND_RUNTIME[backend]
+    runtime = check_runtime_name(runtime)
+    p = Path(path) if path is not None else default_model_path("torch" if runtime in ("torch", "ncnn") else "auto")
+    model, desc = open_model(p, runtime=runtime, device=device, threads=threads, size=size, reporter=reporter or NULL)
+    if isinstance(model, SRModel):
         model.module.eval()
-        desc = {"backend": "torch", "device": str(dev)}
+    if hasattr(model, "session") and hasattr(model.session, "get_providers"):
+        desc["providers"] = list(model.session.get_providers())
+        desc["device"] = "cuda" if desc["providers"][0] == "CUDAExecutionProvider" else "cpu"
     if int(getattr(model, "input_channels", 3) or 3) not in (1, 3):
         raise UnsupportedModelError(f"{p.name} takes {model.input_channels}-channel input; "
                                     "upscale runs RGB (3-channel) or grayscale (1-channel) models")
-    info = {
-        "path": str(p),
-        "name": p.name,
-        "architecture": str(getattr(model, "architecture", "?")),
-        "scale": int(model.scale),
-        **desc,
-    }
+    info = {"path": str(p), "name": p.name, "architecture": str(getattr(model, "architecture", "?")),
+            "scale": int(model.scale), **desc}
     if getattr(model, "static_size", None):
         info["static_size"] = list(model.static_size)
     return model, info
@@ -509,9 +482,13 @@ def upscale_files(inputs: Iterable[str | os.PathLike], options: UpscaleOptions |
     if opts.threads:
         torch.set_num_threads(int(opts.threads))
     try:
-        model, minfo = load_upscale_model(opts.model, backend=opts.backend, device=opts.device, threads=opts.threads)
+        model, minfo = load_upscale_model(opts.model, runtime=opts.runtime, backend=opts.backend, device=opts.device,
+                                          threads=opts.threads,
+                                          size=probe_size(files, opts.tile, opts.tile_overlap))
         scale = int(model.scale)
         plan = plan_outputs(ins, files, opts, scale)
+        if minfo.get("choice"):  # said once the outputs are known to be fine (a usage error stays one line)
+            rep.info(minfo["choice"])
         for s, origin in plan.dropped:
             rep.info(f"leaving out {s}: it is the output of {origin}")
         runner = _Runner(model, device=minfo["device"], tile=opts.tile,

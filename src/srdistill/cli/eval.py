@@ -47,7 +47,8 @@ def _params(v) -> str:
 @app.command("eval")
 def eval_cmd(
     models: Optional[List[Path]] = typer.Argument(
-        None, help="Models to score: .safetensors, .pth, .pt, .ckpt or .onnx. The first is the teacher (unless "
+        None, help="Models to score: .safetensors, .pth, .pt, .ckpt, .onnx, OpenVINO .xml or ncnn .param. The "
+                   "first is the teacher (unless "
                    "--teacher). None: only the bicubic baseline (needs --scale)."),
     data: List[Path] = typer.Option([], "--data", help="Benchmark folder (repeatable): HR images (LR made by MATLAB "
                                                        "bicubic downscale) or an HR/ + LR_bicubic/X4/ layout."),
@@ -85,6 +86,11 @@ def eval_cmd(
     bench_size: int = typer.Option(128, "--bench-size", help="LR side of the benchmark input (square)."),
     repeats: int = typer.Option(10, "--repeats", help="Timed benchmark runs (median; fewer on slow devices)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch and onnxruntime."),
+    runtime: str = typer.Option("native", "--runtime", help="Runtime of every model: native (each file's own: "
+                                                           "checkpoints torch, .onnx onnxruntime, .xml openvino, "
+                                                           ".param ncnn), auto (the fastest installed, measured "
+                                                           "at --bench-size and cached), torch, onnxruntime, "
+                                                           "openvino or ncnn."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing images and comparison file."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (warnings and errors only)."),
@@ -104,7 +110,7 @@ def eval_cmd(
             comparison=str(comparison) if comparison is not None else None, crop=crop,
             fail_under_psnr=list(fail_under_psnr), benchmark=bench, bench_size=bench_size,
             bench_repeats=repeats, threads=threads, reference=reference, lr_only=lr_only,
-            degradation=degradation, seed=seed,
+            degradation=degradation, seed=seed, runtime=runtime,
         )
         report = evaluate(opts, RichReporter(quiet=quiet or json_out))
         if json_out:

@@ -18,7 +18,7 @@ def _fmt(v) -> str:
 
 @app.command("info")
 def info_cmd(
-    model: Path = typer.Argument(..., help="A model file: .safetensors, .pth, .pt, .ckpt or .onnx."),
+    model: Path = typer.Argument(..., help="A model file: .safetensors, .pth, .pt, .ckpt, .onnx, OpenVINO .xml or ncnn .param."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
 ) -> None:
     """Show a model's architecture, scale, size, width/depth knobs and stored metadata."""
@@ -62,6 +62,16 @@ def info_cmd(
             for io in o["outputs"]:
                 t.add_row("output", f"{io['name']} {io['shape']} {io['dtype']}")
             t.add_row("dynamic axes", ", ".join(f"{k}: {v}" for k, v in o["dynamic_axes"].items()))
+        if info.runtime_file:
+            f = info.runtime_file
+            if f.get("ir_version"):
+                t.add_row("IR version", str(f["ir_version"]))
+            for io in f["inputs"]:
+                t.add_row("input", f"{io['name']} {io['shape']}" if isinstance(io, dict) else str(io))
+            for io in f["outputs"]:
+                t.add_row("output", f"{io['name']} {io['shape']}" if isinstance(io, dict) else str(io))
+            t.add_row("layers", str(f["layers"]))
+            t.add_row("weights", str(f["weights"]))
         if info.hyperparameters:
             t.add_row("hyperparameters", ", ".join(f"{k}={v}" for k, v in info.hyperparameters.items()))
         srd = info.srdistill

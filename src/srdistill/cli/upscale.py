@@ -34,8 +34,9 @@ def upscale_cmd(
     inputs: List[str] = typer.Argument(..., metavar="INPUT",
                                        help="Image files, folders or glob patterns (quote patterns for the shell)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m",
-                                         help="An srdistill student, any supported checkpoint or an .onnx file. "
-                                              "Default: the bundled default model."),
+                                         help="An srdistill student, any supported checkpoint, an .onnx, an "
+                                              "OpenVINO .xml or an ncnn .param file. Default: the bundled "
+                                              "default model."),
     output: Optional[str] = typer.Option(None, "--output", "-o",
                                          help="Output file (one input file) or folder (an existing folder, a "
                                               "path ending in /, or any path for several inputs). Default: next "
@@ -45,7 +46,12 @@ def upscale_cmd(
                              help="Tile size in input pixels, 0 for none, or auto (whole image when it fits, "
                                   "smaller tiles on out-of-memory)."),
     tile_overlap: int = typer.Option(16, "--tile-overlap", help="Context pixels around each tile (seamless blend)."),
-    backend: str = typer.Option("auto", "--backend", help="auto (.onnx: onnxruntime, else torch), onnx or torch."),
+    runtime: str = typer.Option("auto", "--runtime",
+                                help="auto (the fastest installed runtime, measured at the input size and cached), "
+                                     "native (the file's own: checkpoints torch, .onnx onnxruntime), torch, "
+                                     "onnxruntime, openvino or ncnn."),
+    backend: str = typer.Option("auto", "--backend", hidden=True,
+                                help="Deprecated: onnx (--runtime onnxruntime) or torch (--runtime torch)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (torch and onnxruntime)."),
     outscale: Optional[float] = typer.Option(None, "--outscale", "-s",
@@ -83,7 +89,7 @@ def upscale_cmd(
 
         opts = UpscaleOptions(
             model=model, output=output, recursive=recursive, tile=tile, tile_overlap=tile_overlap,
-            backend=backend, device=device, threads=threads, outscale=outscale, suffix=suffix, ext=ext,
+            backend=backend, runtime=runtime, device=device, threads=threads, outscale=outscale, suffix=suffix, ext=ext,
             alpha=alpha_mode if alpha_old is None else alpha_old, max_pixels=max_pixels, overwrite=overwrite,
             png_level=png_level,
         )

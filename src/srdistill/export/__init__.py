@@ -17,8 +17,9 @@ Stages (each one re-verified against the same fp32 PyTorch references):
 3. ``--fp16``: ``onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True)``
    (internal fp16, float32 I/O so the contract holds), refused when the fp16 graph produces
    NaN/inf or differs from fp32 PyTorch by more than 2e-2.
-4. ``--int8``: onnxruntime static QDQ quantization (per-channel 7-bit-range int8 weights, which keeps
-   CPUs without VNNI from saturating, and uint8 activations)
+4. ``--int8``: onnxruntime static QDQ quantization (per-channel int8 weights: full range on a CPU with
+   VNNI, 7-bit range elsewhere so CPUs without VNNI do not saturate -- ``ExportOptions.int8_weights``
+   forces either; the choice is recorded in the metadata and the result -- and uint8 activations)
    calibrated on LR patches made from ``--calibration DIR`` (images are treated as HR and
    downscaled with srdistill's MATLAB-compatible bicubic), or dynamic quantization when no
    calibration folder is given (its quality is then measured on built-in synthetic images).
@@ -46,6 +47,8 @@ __all__ = [
     "Int8Report",
     "Int8QualityError",
     "export_onnx",
+    "export_model",
+    "FORMATS",
     "parse_static_size",
     "WINDOW_ATTENTION_FAMILIES",
     "MIN_OPSET",
@@ -53,3 +56,24 @@ __all__ = [
 ]
 
 
+
+
+#: ``export --format``: the file suffix each writes and its export function's module (OpenVINO and ncnn are
+#: optional extras: their modules are imported when asked for)
+FORMATS = {"onnx": ".onnx", "openvino": ".xml", "ncnn": ".param"}
+
+
+def export_model(fmt: str, model, out_path, options: ExportOptions | None = None, reporter=None) -> ExportResult:
+    """Export ``model`` in ``fmt`` (onnx, openvino or ncnn), verified against PyTorch."""
+    from ..progress import NULL  # lazy: keeps this package's import list as it was
+
+    rep = reporter or NULL
+    if fmt == "openvino":
+        from .openvino import export_openvino  # lazy: OpenVINO is an optional extra
+
+        return export_openvino(model, out_path, options, rep)
+    if fmt == "ncnn":
+        from .ncnn import export_ncnn  # lazy: ncnn and pnnx are an optional extra
+
+        return export_ncnn(model, out_path, options, rep)
+    return export_onnx(model, out_path, options, rep)

@@ -7,10 +7,10 @@ import copy
 import hashlib
 import io
 import json
-import math
 import os
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +21,18 @@ import torch
 from .. import __version__
 from ..errors import ExportError, BadPathError, UnsupportedModelError, UsageError
 from ..fileio import atomic_path, check_writable
-from ..metrics import psnr, to_uint8
 from ..metadata import json_safe
 from ..models.checkpoint import tensor_hash
 from ..models.families import get_family
 from ..models.loading import SRModel, load_model
 from ..progress import NULL, Reporter
-from .calibration import _check_calibration, _make_pairs, _median_ms, _read_rgb, _synthetic_hr
-from .options import ExportOptions, ExportResult, Int8QualityError, Int8Report, Verification, _check_options
+from .calibration import _check_calibration
+from .int8_checks import int8_pairs, int8_psnr, int8_speed
+from .options import (ExportOptions, ExportResult, Int8QualityError, Int8Report, Verification, _check_options,
+                      int8_weight_range)
 from .prepare import _fold_reparameterized, _fp16_hazards, _patch_for_export, _suggest_static, _uses_window_attention
 from .surgery import _initializer_names, _set_io, _toposort
-from .verify import _first_line, _plan_sizes, _quiet_export, _round_up, _serialize, _session, _test_batch
+from .verify import _first_line, _plan_sizes, _quiet_export, _serialize, _session, _test_batch
 
 
 # --------------------------------------------------------------------------- the export
@@ -78,21 +79,27 @@ class _Exporter:
 
     # -- verification ----------------------------------------------------------------------
 
-    def verify(self, model_bytes: bytes, stage: str, tol: float | None) -> list[Verification]:
+    def verify(self, model_bytes: bytes | None, stage: str, tol: float | None, run=None) -> list[Verification]:
+        """Each reference input through onnxruntime (``model_bytes``) or ``run`` (another runtime: an
+        NCHW float32 array in, the output array out), compared with PyTorch's fp32 output."""
         rows: list[Verification] = []
-        try:
-            sess = _session(model_bytes)
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-            for (_, b, h, w) in self.refs:
-                rows.append(Verification(stage, (h, w), b, None, tol, False, f"onnxruntime cannot load it: {_first_line(e)}"))
-            self.verification += rows
-            return rows
+        if run is None:
+            try:
+                sess = _session(model_bytes)
+            except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+                for (_, b, h, w) in self.refs:
+                    rows.append(Verification(stage, (h, w), b, None, tol, False,
+                                             f"onnxruntime cannot load it: {_first_line(e)}"))
+                self.verification += rows
+                return rows
+
+            def run(x):
+                return sess.run(["output"], {"input": x})[0]
         with self.r.task(f"verifying ({stage})", total=len(self.refs)) as task:
             for key, ref in self.refs.items():
                 _, b, h, w = key
                 try:
-                    (y,) = sess.run(["output"], {"input": self.inputs[key]})
-                    y = np.asarray(y, dtype=np.float32)
+                    y = np.asarray(run(self.inputs[key]), dtype=np.float32)
                 except Exception as e:  # noqa: BLE001
                     rows.append(Verification(stage, (h, w), b, None, tol, False, _first_line(e)))
                     task.advance(1)
@@ -192,45 +199,28 @@ class _Exporter:
         if self.cin not in (1, 3) or self.cout != self.cin:
             raise ExportError(f"int8 calibration needs an RGB or grayscale model; this one maps {self.cin} to "
                               f"{self.cout} channels")
-        pairs, source = self._int8_pairs(calib_paths)
+        pairs, source = int8_pairs(self, calib_paths)
         mode = "static" if calib_paths is not None else "dynamic"
-        int8_bytes = self._run_quantizer(fp32_bytes, pairs, mode)
+        weights, vnni = int8_weight_range(self.o.int8_weights)
+        int8_bytes = self._run_quantizer(fp32_bytes, pairs, mode, reduce_range=weights == "reduced")
         try:
             s32 = _session(fp32_bytes)
             s8 = _session(int8_bytes)
         except Exception as e:  # noqa: BLE001
             raise ExportError(f"onnxruntime cannot run the int8 model: {_first_line(e)}") from None
-        reference, psnr32, psnr8, drop, vs_fp32, n_hr = self._int8_psnr(s32, s8, pairs)
-        t32, t8, sp = self._int8_speed(s32, s8)
+        reference, psnr32, psnr8, drop, vs_fp32, n_hr = int8_psnr(self, s32, s8, pairs)
+        t32, t8, sp = int8_speed(self, s32, s8)
         report = Int8Report(
             mode=mode, images=n_hr if n_hr else len(pairs), image_source=source,
             psnr_reference=reference, psnr_fp32=psnr32, psnr_int8=psnr8, psnr_drop=drop,
             psnr_int8_vs_fp32=vs_fp32, calibration_images=len(pairs) if mode == "static" else 0,
             patch_size=tuple(int(v) for v in pairs[0].lr.shape[-2:]),
             fp32_ms=t32, int8_ms=t8, speedup=(t32 / t8) if t8 > 0 else float("inf"), speed_size=tuple(sp),
+            weights=weights, vnni=vnni,
         )
         return int8_bytes, report
 
-    def _int8_pairs(self, calib_paths: list[Path] | None):
-        """LR/HR pairs for calibration and the PSNR check: the calibration images, else synthetic ones."""
-        o, s = self.o, self.model.scale
-        m, lo = max(1, self.model.multiple_of), max(1, self.model.min_size)
-        patch = self.static or (_round_up(max(o.calibration_size, lo), m),) * 2
-        if calib_paths is not None:
-            paths = calib_paths[: o.max_calibration_images]
-            if len(calib_paths) > len(paths):
-                self.r.info(f"using the first {len(paths)} of {len(calib_paths)} calibration images")
-            images, source = [_read_rgb(p) for p in paths], "calibration"
-        else:
-            images, source = _synthetic_hr(4, patch[0] * s, patch[1] * s, seed=123), "synthetic"
-        pairs = _make_pairs(images, self.model, patch, bool(self.static))
-        if not pairs:
-            need = f"{patch[0]}x{patch[1]}" if self.static else f"{lo}x{lo}"
-            raise ExportError(f"no calibration image is large enough for this model (each needs at least {need} "
-                              "pixels after cropping)")
-        return pairs, source
-
-    def _run_quantizer(self, fp32_bytes: bytes, pairs, mode: str) -> bytes:
+    def _run_quantizer(self, fp32_bytes: bytes, pairs, mode: str, *, reduce_range: bool = True) -> bytes:
         # lazy: onnxruntime.quantization costs 1.5 s to import and only --int8 runs need it
         from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
                                               quantize_static)
@@ -238,7 +228,7 @@ class _Exporter:
         with tempfile.TemporaryDirectory(prefix="srdistill-int8-") as tmp:
             src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
             src.write_bytes(fp32_bytes)
-            self.r.info(f"int8: {mode} quantization"
+            self.r.info(f"int8: {mode} quantization, {'7-bit' if reduce_range else 'full'}-range weights"
                         + (f", calibrating on {len(pairs)} patches" if mode == "static" else ""))
             try:
                 with _quiet_export():
@@ -256,66 +246,20 @@ class _Exporter:
                                 self._it = iter(feeds)
 
                         # reduce_range: 7-bit weights. On x86 CPUs without VNNI, onnxruntime's u8 x s8 kernels
-                        # (VPMADDUBSW) saturate their 16-bit sums; the file may run on any CPU, so it is made
-                        # safe for all (the bundled default model: a 0.49 dB drop without it, 0.06 dB with it)
+                        # (VPMADDUBSW) saturate their 16-bit sums (the bundled default model: a 0.49 dB drop
+                        # without it, 0.06 dB with it); with VNNI (VPDPBUSD, 32-bit sums) full range is safe.
+                        # int8_weights chooses (auto: by this CPU's flags)
                         quantize_static(str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ,
-                                        per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
-                                        weight_type=QuantType.QInt8)
+                                        per_channel=True, reduce_range=reduce_range,
+                                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
                     else:
-                        quantize_dynamic(str(src), str(dst), per_channel=True, reduce_range=True,
+                        quantize_dynamic(str(src), str(dst), per_channel=True, reduce_range=reduce_range,
                                          weight_type=QuantType.QInt8)
             except Exception as e:  # noqa: BLE001
                 raise ExportError(f"int8 quantization ({mode}) failed: {_first_line(e)}") from None
             int8_proto = onnx.load(str(dst))
         _set_io(int8_proto, self.cin, self.cout, self.model.scale, self.static)
         return _serialize(int8_proto)
-
-    def _int8_psnr(self, s32, s8, pairs):
-        """PSNR of fp32 and int8 against HR (the drop the guard judges), and int8 against fp32."""
-        s = self.model.scale
-        with_hr = [p for p in pairs if p.hr is not None]
-        p32, p8, pvs = [], [], []
-        with self.r.task("int8: measuring PSNR", total=len(pairs)) as task:
-            for p in pairs:
-                (y32,) = s32.run(["output"], {"input": p.lr})
-                (y8,) = s8.run(["output"], {"input": p.lr})
-                if not np.isfinite(y8).all():
-                    raise ExportError("the int8 model outputs NaN/inf on the calibration images")
-                u32 = to_uint8(torch.from_numpy(np.asarray(y32, dtype=np.float32)))  # each output quantised once
-                u8 = to_uint8(torch.from_numpy(np.asarray(y8, dtype=np.float32)))
-                pvs.append(float(psnr(u8, u32, s, test_y_channel=True)))
-                if p.hr is not None:
-                    p32.append(float(psnr(u32, p.hr, s, test_y_channel=True)))
-                    p8.append(float(psnr(u8, p.hr, s, test_y_channel=True)))
-                task.advance(1)
-
-        def mean(v):
-            finite = [x for x in v if math.isfinite(x)]
-            return float(np.mean(finite)) if finite else (float("inf") if v else None)
-
-        if not with_hr:
-            self.warn("calibration images are too small to make LR/HR pairs: PSNR is int8 vs the fp32 output, "
-                      "and the PSNR drop cannot be measured")
-            return "fp32", None, None, None, mean(pvs), 0
-        psnr32, psnr8 = mean(p32), mean(p8)
-        drop = psnr32 - psnr8
-        if math.isnan(drop):  # both perfect (inf dB)
-            drop = 0.0
-        return "hr", psnr32, psnr8, drop, mean(pvs), len(with_hr)
-
-    def _int8_speed(self, s32, s8):
-        o = self.o
-        m, lo = max(1, self.model.multiple_of), max(1, self.model.min_size)
-        sp = self.static or (o.speed_size, o.speed_size)
-        if not self.static:
-            sp = (_round_up(max(sp[0], lo), m), _round_up(max(sp[1], lo), m))
-        x = _test_batch(1, self.cin, sp[0], sp[1], seed=99)
-        with self.r.task("int8: timing", total=2) as task:
-            t32 = _median_ms(s32, x, o.speed_runs)
-            task.advance(1)
-            t8 = _median_ms(s8, x, o.speed_runs)
-            task.advance(1)
-        return t32, t8, sp
 
     def metadata(self, proto, *, precision: str, source_sha256: str, params: int, quant: Int8Report | None,
                  simplified: bool) -> None:
@@ -391,8 +335,57 @@ def export_onnx(model: Any, out_path: str | os.PathLike, options: ExportOptions 
     (exit 3) when int8 loses more than ``max_psnr_drop`` dB without ``force``, and the model
     loading errors. Nothing is written unless every check passed.
     """
-
     o = options or ExportOptions()
+    g = fp32_graph(model, out_path, o, reporter, "ONNX")
+    ex, model, out = g.ex, g.ex.model, g.ex.out
+    proto, cur_bytes = g.proto, g.data
+    fp32_size = len(cur_bytes)
+    # 3. precision
+    quant = None
+    precision = "fp32"
+    if o.fp16:
+        proto, cur_bytes = _to_fp16(ex, g.module, proto)
+        precision = "fp16"
+    elif o.int8:
+        int8_bytes, quant = _to_int8(ex, cur_bytes, g.calib_paths)
+        proto, cur_bytes, precision = onnx.load_from_string(int8_bytes), int8_bytes, "int8"
+    # 4. metadata, check, write
+    source_sha = _source_hash(model)
+    ex.metadata(proto, precision=precision, source_sha256=source_sha, params=model.params, quant=quant,
+                simplified=g.simplified)
+    data = _write(ex, proto, out, precision)
+    return ExportResult(
+        path=out, architecture=model.architecture, scale=int(model.scale), opset=o.opset, fp16=precision == "fp16",
+        int8=precision == "int8", simplified=g.simplified, static_size=ex.static, verification=ex.verification,
+        size_bytes=len(data), fp32_size_bytes=fp32_size, params=int(model.params),
+        sha256=hashlib.sha256(data).hexdigest(), source_sha256=source_sha, reparameterized=g.folded,
+        quantization=quant, warnings=ex.warnings, files=[str(out)])
+
+
+@dataclass
+class Prepared:
+    """What every format starts from: the checked options, the fp32 references at the verification sizes,
+    and an eval copy of the module with re-parameterised blocks folded and export-safe forwards."""
+
+    ex: "_Exporter"
+    module: torch.nn.Module
+    trace_hw: tuple[int, int]
+    folded: int
+    train_only: set
+    calib_paths: list[Path] | None
+
+
+@dataclass
+class Fp32Graph(Prepared):
+    """The verified (and simplified, unless asked not to) fp32 ONNX graph."""
+
+    proto: Any = None
+    data: bytes = b""
+    simplified: bool = False
+
+
+def prepare(model: Any, out_path: str | os.PathLike, o: ExportOptions, reporter: Reporter, fmt: str) -> Prepared:
+    """Options and paths checked, the model loaded, PyTorch references computed (nothing written)."""
     _check_options(o)
     out = Path(out_path)
     check_writable(out, overwrite=o.overwrite)
@@ -400,40 +393,43 @@ def export_onnx(model: Any, out_path: str | os.PathLike, options: ExportOptions 
     calib_paths = _check_calibration(o.calibration) if (o.int8 and o.calibration is not None) else None
     ex = _Exporter(model, out, o, reporter)
     _check_size_options(model, o, ex)
-    # 1. a CPU fp32 eval copy; references from it before any export-only change
+    # a CPU fp32 eval copy; references from it before any export-only change
     module = copy.deepcopy(model.module).to("cpu", torch.float32).eval()
     for p in module.parameters():
         p.requires_grad_(False)
     trace_hw, sizes = _plan_sizes(model, o)
-    reporter.info(f"exporting {model.architecture} x{model.scale} ({model.params:,} parameters) to ONNX opset "
-                  f"{o.opset}" + (f", fixed size {trace_hw[0]}x{trace_hw[1]}" if ex.static else ", dynamic size"))
+    reporter.info(f"exporting {model.architecture} x{model.scale} ({model.params:,} parameters) to {fmt}"
+                  + (f" (ONNX opset {o.opset})" if fmt != "ncnn" else "")
+                  + (f", fixed size {trace_hw[0]}x{trace_hw[1]}" if ex.static else ", dynamic size"))
     ex.references(module, sizes)
     folded, train_only = _fold_reparameterized(module)
     _patch_for_export(module)
-    proto, cur_bytes = _traced(ex, module, trace_hw, train_only)
-    # 2. simplify
-    proto, cur_bytes, simplified = _simplified(ex, proto, cur_bytes)
-    fp32_size = len(cur_bytes)
-    # 3. precision
-    quant = None
-    precision = "fp32"
-    if o.fp16:
-        proto, cur_bytes = _to_fp16(ex, module, proto)
-        precision = "fp16"
-    elif o.int8:
-        int8_bytes, quant = _to_int8(ex, cur_bytes, calib_paths)
-        proto, cur_bytes, precision = onnx.load_from_string(int8_bytes), int8_bytes, "int8"
-    # 4. metadata, check, write
-    source_sha = _source_hash(model)
-    ex.metadata(proto, precision=precision, source_sha256=source_sha, params=model.params, quant=quant,
-                simplified=simplified)
-    data = _write(ex, proto, out, precision)
-    return ExportResult(
-        path=out, architecture=model.architecture, scale=int(model.scale), opset=o.opset, fp16=precision == "fp16",
-        int8=precision == "int8", simplified=simplified, static_size=ex.static, verification=ex.verification,
-        size_bytes=len(data), fp32_size_bytes=fp32_size, params=int(model.params),
-        sha256=hashlib.sha256(data).hexdigest(), source_sha256=source_sha, reparameterized=folded, quantization=quant,
-        warnings=ex.warnings)
+    return Prepared(ex, module, trace_hw, folded, train_only, calib_paths)
+
+
+def fp32_graph(model: Any, out_path: str | os.PathLike, o: ExportOptions, reporter: Reporter,
+               fmt: str) -> Fp32Graph:
+    """:func:`prepare`, then the traced graph verified against PyTorch and simplified (re-verified)."""
+    p = prepare(model, out_path, o, reporter, fmt)
+    proto, data = _traced(p.ex, p.module, p.trace_hw, p.train_only)
+    proto, data, simplified = _simplified(p.ex, proto, data)
+    return Fp32Graph(p.ex, p.module, p.trace_hw, p.folded, p.train_only, p.calib_paths, proto, data, simplified)
+
+
+def onnx_bytes(model: SRModel, opset: int = 17) -> bytes:
+    """A dynamic-size fp32 ONNX graph of ``model`` in memory, not verified here: what runtimes that run
+    a checkpoint through ONNX (onnxruntime, OpenVINO) load. Window-attention models are refused
+    (their graph is only right at the traced size)."""
+    o = ExportOptions(opset=opset)
+    ex = _Exporter(model, Path("model.onnx"), o, NULL)
+    _check_size_options(model, o, ex)
+    module = copy.deepcopy(model.module).to("cpu", torch.float32).eval()
+    _fold_reparameterized(module)
+    _patch_for_export(module)
+    trace_hw, _ = _plan_sizes(model, o)
+    proto = onnx.load_from_string(ex.torch_export(module, trace_hw))
+    _set_io(proto, ex.cin, ex.cout, model.scale, None)
+    return _serialize(proto)
 
 
 def _check_size_options(model, o: ExportOptions, ex: "_Exporter") -> None:
@@ -515,12 +511,19 @@ def _to_fp16(ex: "_Exporter", module, proto):
 
 def _to_int8(ex: "_Exporter", cur_bytes: bytes, calib_paths):
     """int8 with onnxruntime, refused when it loses more than --max-psnr-drop (unless --force)."""
-    o = ex.o
     int8_bytes, quant = ex.quantize(cur_bytes, calib_paths)
     ex.verify(int8_bytes, "int8", None)
     bad = [v for v in ex.verification if v.stage == "int8" and not v.ok]
     if bad:
         raise ExportError(f"the int8 model fails {ex.fail_message(bad, None)}")
+    psnr_guard(ex, quant)
+    return int8_bytes, quant
+
+
+def psnr_guard(ex: "_Exporter", quant: Int8Report) -> None:
+    """Refuse an int8 model that loses more than --max-psnr-drop (or whose drop cannot be measured)
+    unless --force: :class:`Int8QualityError`, exit 3."""
+    o = ex.o
     if quant.psnr_drop is None:
         if not o.force:
             raise Int8QualityError(
@@ -532,7 +535,6 @@ def _to_int8(ex: "_Exporter", cur_bytes: bytes, calib_paths):
         if not o.force:
             raise Int8QualityError(msg, hint="pass --force to write it anyway, or export fp32/fp16")
         ex.warn(msg + "; writing it anyway (--force)")
-    return int8_bytes, quant
 
 
 def _write(ex: "_Exporter", proto, out: Path, precision: str) -> bytes:

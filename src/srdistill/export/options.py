@@ -21,6 +21,9 @@ except ImportError:  # pragma: no cover - older/newer torch
 ATOL_FP32 = 1e-4
 ATOL_FP16 = 2e-2
 
+#: ``ExportOptions.int8_weights``: "auto" (full range on a CPU with VNNI, else 7-bit), "full", "reduced"
+INT8_WEIGHTS = ("auto", "full", "reduced")
+
 # Architectures whose traced graph bakes the input size in (window partitioning, padding to a
 # window multiple, attention masks computed for one resolution, fixed patch grids). The
 # verification at other sizes catches these too; naming them gives a clear message up front.
@@ -55,6 +58,9 @@ class ExportOptions:
     max_calibration_images: int = 32
     speed_size: int = 128
     speed_runs: int = 5
+    # int8 weight range: "full" (8-bit) needs VNNI (its u8 x s8 sums do not saturate), "reduced" (7-bit) is
+    # safe on every x86 CPU; "auto" picks full on a CPU with VNNI (this one), reduced elsewhere
+    int8_weights: str = "auto"
 
 
 @dataclass
@@ -91,6 +97,8 @@ class Int8Report:
     int8_ms: float
     speedup: float
     speed_size: tuple[int, int]
+    weights: str = "reduced"  # "full" (8-bit range) or "reduced" (7-bit range, onnxruntime's reduce_range)
+    vnni: bool | None = None  # whether the exporting CPU has VNNI (what "auto" chose by)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -118,6 +126,8 @@ class ExportResult:
     reparameterized: int = 0  # re-parameterised blocks folded into their deploy conv
     quantization: Int8Report | None = None
     warnings: list[str] = field(default_factory=list)
+    format: str = "onnx"  # "onnx", "openvino" (.xml + .bin) or "ncnn" (.param + .bin)
+    files: list[str] = field(default_factory=list)  # every file written (path first)
 
     @property
     def precision(self) -> str:
@@ -150,6 +160,8 @@ class ExportResult:
             "psnr_drop": q.psnr_drop if q else None,
             "speedup": q.speedup if q else None,
             "quantization": q.to_dict() if q else None,
+            "format": self.format,
+            "files": list(self.files) or [str(self.path)],
             "sha256": self.sha256,
             "source_sha256": self.source_sha256,
             "warnings": list(self.warnings),
@@ -196,7 +208,31 @@ def _check_options(o: ExportOptions) -> None:
         if (len(tuple(o.static_size)) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
                                                  for v in o.static_size)):
             raise UsageError(f"invalid static size {o.static_size!r}: expected (height, width) >= 1")
+    if o.int8_weights not in INT8_WEIGHTS:
+        raise UsageError(f"int8 weights must be one of {', '.join(INT8_WEIGHTS)}, not {o.int8_weights!r}")
     for name in ("export_size", "calibration_size", "speed_size", "speed_runs", "max_calibration_images"):
         v = getattr(o, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise UsageError(f"{name} must be a positive integer, not {v!r}")
+
+
+def cpu_has_vnni(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has VNNI (``avx512_vnni`` or ``avx_vnni`` in /proc/cpuinfo's flags; False where
+    there is no such file)."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[-1].split())
+                    return bool(flags & {"avx512_vnni", "avx_vnni"})
+    except OSError:
+        return False
+    return False
+
+
+def int8_weight_range(choice: str = "auto", vnni: bool | None = None) -> tuple[str, bool]:
+    """("full" or "reduced", whether the CPU has VNNI) for ``ExportOptions.int8_weights``."""
+    has = cpu_has_vnni() if vnni is None else bool(vnni)
+    if choice == "auto":
+        return ("full" if has else "reduced"), has
+    return choice, has

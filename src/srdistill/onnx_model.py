@@ -28,7 +28,7 @@ def cuda_provider_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-def _providers(device: str) -> list[str]:
+def ort_providers(device: str) -> list[str]:
     if str(device).startswith("cuda") and cuda_provider_available():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
@@ -132,7 +132,7 @@ def load_onnx(path: str | os.PathLike, *, device: str = "cpu", threads: int | No
     if isinstance(dims[2], int) and isinstance(dims[3], int) and dims[2] > 0 and dims[3] > 0:
         static = (int(dims[2]), int(dims[3]))
     try:
-        sess = ort.InferenceSession(str(p), sess_options=session_options(threads), providers=_providers(device))
+        sess = ort.InferenceSession(str(p), sess_options=session_options(threads), providers=ort_providers(device))
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise ModelLoadError(f"onnxruntime cannot open {p.name}: {(str(e).splitlines() or ['?'])[0][:200]}") from None
     channels = dims[1] if isinstance(dims[1], int) and dims[1] > 0 else 3
@@ -248,33 +248,3 @@ def _elem_name(t: int) -> str:
         return onnx.TensorProto.DataType.Name(t).lower()
     except ValueError:
         return str(t)
-
-
-#: file suffix -> loader of a runnable model: the one table ``upscale`` and ``eval`` pick backends from.
-#: OpenVINO IR (.xml) and ncnn (.param) load through their runtimes (:mod:`srdistill.runtimes`). A new
-#: format (TensorRT, CoreML) adds its export module under ``srdistill/export/``, its runtime, and
-#: its runnable (call on NCHW float in [0, 1], ``scale``, ``min_size``, ``multiple_of``,
-#: ``static_size``, ``input_channels``) here. Anything else loads as a PyTorch checkpoint.
-def _load_with(runtime: str):
-    def load(path, *, device: str = "cpu", threads: int | None = None):
-        from .runtimes import get_runtime  # lazy: the runtime registry imports this module
-
-        rt = get_runtime(runtime)
-        rt.require()  # not installed: one line naming the extra
-        return rt.load(path, device="cpu" if str(device).startswith("cuda") else device, threads=threads)
-
-    load.__name__ = f"load_{runtime}"
-    return load
-
-
-RUNNABLE_LOADERS: dict[str, Any] = {".onnx": load_onnx, ".xml": _load_with("openvino"), ".param": _load_with("ncnn")}
-
-
-def load_any(path: str | os.PathLike, *, device: str = "cpu", threads: int | None = None):
-    """A runnable for ``path``: its format's loader from :data:`RUNNABLE_LOADERS`, else an SRModel."""
-    loader = RUNNABLE_LOADERS.get(Path(path).suffix.lower())
-    if loader is not None:
-        return loader(path, device=device, threads=threads)
-    from .models.loading import load_model  # lazy: torch (see the note at the top)
-
-    return load_model(path, device=device)

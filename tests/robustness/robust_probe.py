@@ -64,7 +64,7 @@ def _child(job: dict, out_path: str, err_path: str, res_path: str) -> int:
 
             try:
                 if kind == "load_model":
-                    from srdistill.onnx_model import load_any
+                    from srdistill.runtimes.select import load_any
 
                     load_any(job["path"])
                 else:

@@ -425,7 +425,7 @@ def test_console_script_end_to_end(tmp_path, tally):
 def test_hostile_files_through_the_library_raise_only_our_errors(hostile):
     """load_model/load_any on each file: an SrDistillError subclass, nothing else (in-process)."""
     from srdistill.errors import ModelLoadError, SrDistillError
-    from srdistill.onnx_model import load_any
+    from srdistill.runtimes.select import load_any
 
     files, marker = hostile
     for name, p in files.items():

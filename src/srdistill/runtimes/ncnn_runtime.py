@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import BadPathError, ModelLoadError, UnsupportedModelError
 from ..fileio import sha256_file
 from ..metadata import decode_srdistill_metadata, metadata_int
-from . import Runtime, file_kind, register_runtime
+from .registry import Runtime, file_kind, register_runtime
 from .convert import checkpoint_fields, quiet_fds
 
 # Lazy imports here: ncnn and pnnx are an optional extra; torch is imported where a tensor is made (the

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..onnx_model import OnnxModel, _providers, cuda_provider_available, load_onnx, session_options
-from . import Runtime, file_kind, register_runtime
+from ..onnx_model import OnnxModel, cuda_provider_available, load_onnx, ort_providers, session_options
+from .registry import Runtime, file_kind, register_runtime
 from .convert import checkpoint_as_onnx, checkpoint_fields
 
 
@@ -20,7 +20,7 @@ def load(path, *, device: str = "cpu", threads: int | None = None) -> Any:
     import onnxruntime as ort  # lazy: onnx_model imports it where a graph is run, for the same reason
 
     model, data = checkpoint_as_onnx(path)
-    sess = ort.InferenceSession(data, sess_options=session_options(threads), providers=_providers(device))
+    sess = ort.InferenceSession(data, sess_options=session_options(threads), providers=ort_providers(device))
     return OnnxModel(session=sess, **checkpoint_fields(model))
 
 

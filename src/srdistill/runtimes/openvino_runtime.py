@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import BadPathError, ModelLoadError, UnsupportedModelError
 from ..fileio import sha256_file
 from ..metadata import decode_srdistill_metadata, metadata_int
-from . import Runtime, file_kind, register_runtime
+from .registry import Runtime, file_kind, register_runtime
 from .convert import checkpoint_as_onnx, checkpoint_fields
 
 # Lazy imports here: openvino is an optional extra (and 0.5 s to import); torch is imported where a tensor

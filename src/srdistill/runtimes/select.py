@@ -27,8 +27,9 @@ import numpy as np
 
 from ..errors import SrDistillError, UsageError
 from ..fileio import atomic_write_text, sha256_file
+from ..onnx_model import load_onnx
 from ..progress import NULL, Reporter
-from . import Runtime, file_kind, get_runtime, native_runtime, runtime_names
+from .registry import Runtime, file_kind, get_runtime, native_runtime, runtime_names
 
 #: ``--runtime`` values
 RUNTIME_CHOICES = ("auto", "native", "torch", "onnxruntime", "openvino", "ncnn")
@@ -232,3 +233,31 @@ def probe_size(files: list, tile: Any, overlap: int) -> tuple[int, int] | None:
     except Exception:  # noqa: BLE001 - an unreadable first file is reported by upscale itself
         return None
     return h, w
+
+
+#: file suffix -> loader of a runnable model: the one table ``upscale`` and ``eval`` pick backends from.
+#: OpenVINO IR (.xml) and ncnn (.param) load through their runtimes (:mod:`srdistill.runtimes`). A new
+#: format (TensorRT, CoreML) adds its export module under ``srdistill/export/``, its runtime, and
+#: its runnable (call on NCHW float in [0, 1], ``scale``, ``min_size``, ``multiple_of``,
+#: ``static_size``, ``input_channels``) here. Anything else loads as a PyTorch checkpoint.
+def _load_with(runtime: str):
+    def load(path, *, device: str = "cpu", threads: int | None = None):
+        rt = get_runtime(runtime)
+        rt.require()  # not installed: one line naming the extra
+        return rt.load(path, device="cpu" if str(device).startswith("cuda") else device, threads=threads)
+
+    load.__name__ = f"load_{runtime}"
+    return load
+
+
+RUNNABLE_LOADERS: dict[str, Any] = {".onnx": load_onnx, ".xml": _load_with("openvino"), ".param": _load_with("ncnn")}
+
+
+def load_any(path: str | os.PathLike, *, device: str = "cpu", threads: int | None = None):
+    """A runnable for ``path``: its format's loader from :data:`RUNNABLE_LOADERS`, else an SRModel."""
+    loader = RUNNABLE_LOADERS.get(Path(path).suffix.lower())
+    if loader is not None:
+        return loader(path, device=device, threads=threads)
+    from ..models.loading import load_model  # lazy: models.loading imports torch; only checkpoints need it
+
+    return load_model(path, device=device)

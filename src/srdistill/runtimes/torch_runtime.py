@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import Runtime, register_runtime
+from .registry import Runtime, register_runtime
 
 # Lazy imports here: torch is imported where a model is loaded -- this module is imported by the runtime
 # registry, which `srdistill info x.onnx` and `--help` reach without torch (seconds of start-up).

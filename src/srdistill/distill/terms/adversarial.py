@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..losses import PatchDiscriminator, gan_loss
-from . import StepOutputs, Term, TermContext, register_term
+from .registry import StepOutputs, Term, TermContext, register_term
 
 
 class AdversarialTerm(Term):

@@ -7,7 +7,7 @@ import torch
 from ...errors import UsageError
 from ...models.families import get_family
 from ..losses import Adapters, FeatureTaps, feature_loss, pair_taps
-from . import StepOutputs, Term, TermContext, register_term
+from .registry import StepOutputs, Term, TermContext, register_term
 
 
 class FeatureTerm(Term):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import StepOutputs, Term, TermContext, register_term
+from .registry import StepOutputs, Term, TermContext, register_term
 
 
 class _Pixel(Term):

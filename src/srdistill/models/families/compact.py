@@ -1,6 +1,6 @@
 """Compact (SRVGGNetCompact: realesr-animevideov3, the bundled default model)."""
 
-from . import Family, ReparamSpec, register_family, spandrel_module
+from .registry import Family, ReparamSpec, register_family, spandrel_module
 
 
 def _compact_block(i: int, ns: int, nt: int, sel: list[int]) -> int:

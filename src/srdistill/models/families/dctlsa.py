@@ -1,6 +1,6 @@
 """DCTLSA (the bundled teacher: six LSAB blocks with 5-head attention)."""
 
-from . import Family, register_family, spandrel_module
+from .registry import Family, register_family, spandrel_module
 
 register_family(Family(
     id="DCTLSA", module=spandrel_module("DCTLSA"), cls_name="DCTLSA", width="nf", depth=None, scale_kw="upscale",

@@ -1,6 +1,6 @@
 """EDSR (srdistill's own implementation: spandrel has none)."""
 
-from . import Family, ReparamSpec, register_family
+from .registry import Family, ReparamSpec, register_family
 
 register_family(Family(
     id="EDSR", module="srdistill.models.archs.edsr", cls_name="EDSR", width="num_feat", depth="num_block",

@@ -1,6 +1,6 @@
 """ESRGAN / Real-ESRGAN (RRDBNet)."""
 
-from . import Family, register_family, spandrel_module
+from .registry import Family, register_family, spandrel_module
 
 register_family(Family(
     id="ESRGAN", module=spandrel_module("ESRGAN"), cls_name="ESRGAN", width="num_filters", depth="num_blocks",

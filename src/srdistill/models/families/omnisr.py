@@ -1,6 +1,6 @@
 """OmniSR (omni self-attention groups)."""
 
-from . import Family, register_family, spandrel_module
+from .registry import Family, register_family, spandrel_module
 
 register_family(Family(
     id="OmniSR", module=spandrel_module("OmniSR"), cls_name="OmniSR", width="num_feat", depth="res_num",

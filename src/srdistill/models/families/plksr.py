@@ -1,6 +1,6 @@
 """PLKSR and RealPLKSR (large-kernel convolutions)."""
 
-from . import Family, register_family, spandrel_module
+from .registry import Family, register_family, spandrel_module
 
 for _id in ("PLKSR", "RealPLKSR"):
     register_family(Family(

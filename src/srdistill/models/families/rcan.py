@@ -1,6 +1,6 @@
 """RCAN (residual channel attention)."""
 
-from . import Family, register_family, spandrel_module
+from .registry import Family, register_family, spandrel_module
 
 register_family(Family(
     id="RCAN", module=spandrel_module("RCAN"), cls_name="RCAN", width="n_feats", depth="n_resgroups",

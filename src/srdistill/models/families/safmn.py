@@ -1,6 +1,6 @@
 """SAFMN (spatially-adaptive feature modulation)."""
 
-from . import Family, register_family, spandrel_module
+from .registry import Family, register_family, spandrel_module
 
 register_family(Family(
     id="SAFMN", module=spandrel_module("SAFMN"), cls_name="SAFMN", width="dim", depth="n_blocks",

@@ -1,6 +1,6 @@
 """SPAN (re-parameterised convolutions, six fixed blocks)."""
 
-from . import Family, register_family, spandrel_module
+from .registry import Family, register_family, spandrel_module
 
 register_family(Family(
     id="SPAN", module=spandrel_module("SPAN"), cls_name="SPAN", width="feature_channels", depth=None,

@@ -1,6 +1,6 @@
 """SwinIR (window attention: exported at a static size)."""
 
-from . import Family, register_family, spandrel_module
+from .registry import Family, register_family, spandrel_module
 
 register_family(Family(
     id="SwinIR", module=spandrel_module("SwinIR"), cls_name="SwinIR", width="embed_dim", depth="depths",

@@ -110,7 +110,7 @@ def _root(
 
 
 # One module per command; each defines its command with ``@app.command``.
-_COMMANDS = ["info", "distill", "export", "eval", "upscale"]
+_COMMANDS = ["info", "distill", "plan", "export", "eval", "upscale"]
 for _name in _COMMANDS:
     importlib.import_module(f"{__name__}.{_name}")
 

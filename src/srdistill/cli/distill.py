@@ -45,7 +45,9 @@ def _terms(items: list[str]) -> dict[str, float]:
 def distill_cmd(
     ctx: typer.Context,
     teacher: Path = typer.Argument(..., help="The pretrained teacher: .safetensors, .pth, .pt or .ckpt."),
-    student_width: int = typer.Option(..., "--student-width", "-w", help="Feature channels of the student."),
+    student_width: Optional[int] = typer.Option(None, "--student-width", "-w",
+                                                help="Feature channels of the student (required unless "
+                                                     "--budget/--max-params/--max-mb choose it)."),
     student_depth: Optional[int] = typer.Option(None, "--student-depth", "-d",
                                                 help="Blocks/layers of the student (default: the teacher's, or "
                                                      "the family default for --student-arch)."),
@@ -132,6 +134,15 @@ def distill_cmd(
                                                                   "(default: 0 on CPU, up to 4 with CUDA)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Use at most N training images."),
+    budget: Optional[str] = typer.Option(None, "--budget", help="Let 'srdistill plan' choose the student: time "
+                                                                "per output frame (33ms), frame rate (30fps), "
+                                                                "file size (1.5MB) or parameters (250k params)."),
+    max_params: Optional[str] = typer.Option(None, "--max-params", help="Plan for at most N parameters."),
+    max_mb: Optional[float] = typer.Option(None, "--max-mb", help="Plan for at most X MB of fp32 weights."),
+    size: str = typer.Option("1920x1080", "--size", help="With a budget: the OUTPUT size WIDTHxHEIGHT it is for."),
+    runtime: str = typer.Option("auto", "--runtime", help="With a budget: the runtime latency is measured in."),
+    families: Optional[List[str]] = typer.Option(None, "--families", help="With a budget: the families the "
+                                                                          "plan considers (comma separated)."),
     json_out: bool = typer.Option(False, "--json", help="Print the final summary as one JSON document."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (warnings and errors only)."),
 ) -> None:
@@ -164,11 +175,23 @@ def distill_cmd(
         )
         from ..distill import distributed
 
+        planned = budget is not None or max_params is not None or max_mb is not None
+        if student_width is None and not planned:
+            raise UsageError("give --student-width, or a --budget (--max-params, --max-mb) to let the plan choose")
         try:
             from ..distill.run import TrainHooks
 
             # SRDISTILL_TEST_* variables: how subprocess tests inject faults; the library reads no env
-            res = distill(cfg, RichReporter(quiet=quiet or json_out), TrainHooks.from_env())
+            rep = RichReporter(quiet=quiet or json_out)
+            if planned:
+                from ..plan import plan_options  # lazy: only --budget runs the plan
+                from ..plan.distill_pick import distill_within_budget  # lazy: as above
+
+                opts = plan_options(teacher, budget=budget, max_params=max_params, max_mb=max_mb, size=size,
+                                    device=device, runtime=runtime, families=families, threads=threads)
+                res = distill_within_budget(cfg, opts, rep, set(explicit), TrainHooks.from_env()).distill
+            else:
+                res = distill(cfg, rep, TrainHooks.from_env())
         finally:
             distributed.shutdown()
         if distributed.launched_by_torchrun() and int(__import__("os").environ.get("RANK", "0")) != 0:

@@ -71,6 +71,7 @@ class DistillConfig:
     threads: int | None = None
     max_images: int | None = None
     explicit: list[str] | None = None  # options the user gave (the CLI fills it in); see distill.resume
+    plan: dict | None = None  # distill --budget: the plan that chose this student (recorded in its metadata)
 
     def to_dict(self) -> dict:
         return asdict(self)

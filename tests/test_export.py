@@ -19,8 +19,9 @@ from typer.testing import CliRunner
 
 from srdistill.cli import app
 from srdistill.errors import ExportError, OutputExistsError, SrDistillError, UnsupportedModelError, UsageError
-from srdistill.export import (ExportOptions, Int8QualityError, _Exporter, _synthetic_hr, export_onnx,
-                              parse_static_size)
+from srdistill.export import ExportOptions, Int8QualityError, export_onnx, parse_static_size
+from srdistill.export.calibration import synthetic_hr
+from srdistill.export.onnx import Exporter
 from srdistill.models._compat import import_spandrel
 from srdistill.models.checkpoint import save_student
 from srdistill.models.loading import SRModel, model_from_state_dict
@@ -85,7 +86,7 @@ def _torch(model: SRModel, x: np.ndarray) -> np.ndarray:
 
 def _calibration_dir(folder: Path, n: int = 3) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    for i, im in enumerate(_synthetic_hr(n, 150, 170, seed=5)):
+    for i, im in enumerate(synthetic_hr(n, 150, 170, seed=5)):
         Image.fromarray(im).save(folder / f"img{i}.png")
     return folder
 
@@ -279,7 +280,7 @@ def test_int8_dynamic_without_calibration(teacher, tmp_path):
 
 def test_int8_psnr_gate(teacher, tmp_path, monkeypatch):
     calib = _calibration_dir(tmp_path / "calib", n=2)
-    real = _Exporter.quantize
+    real = Exporter.quantize
 
     def lossy(self, *a, **k):  # pretend int8 costs 1 dB
         data, rep = real(self, *a, **k)
@@ -287,7 +288,7 @@ def test_int8_psnr_gate(teacher, tmp_path, monkeypatch):
         rep.psnr_drop = 1.0
         return data, rep
 
-    monkeypatch.setattr(_Exporter, "quantize", lossy)
+    monkeypatch.setattr(Exporter, "quantize", lossy)
     out = tmp_path / "g.onnx"
     with pytest.raises(Int8QualityError, match="more than --max-psnr-drop 0.3") as e:
         export_onnx(teacher, out, ExportOptions(int8=True, calibration=calib, simplify=False))

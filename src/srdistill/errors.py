@@ -101,3 +101,9 @@ def shown(value, limit: int = SHOWN_LIMIT) -> str:
 def debug_enabled() -> bool:
     """``SRDISTILL_DEBUG=1``: tracebacks instead of one-line errors (library and CLI alike)."""
     return os.environ.get("SRDISTILL_DEBUG", "") not in ("", "0")
+
+
+def first_line(e: BaseException, limit: int = 240) -> str:
+    """The first line of an exception's message (its type when it has none), cut to ``limit`` characters."""
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0].strip() or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

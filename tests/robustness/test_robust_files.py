@@ -199,7 +199,7 @@ def _raises(fn, *args):
 
 
 def test_calibration_folder_reads_only_regular_files(tmp_path, tally, sample_png):
-    from srdistill.export.calibration import _check_calibration, _read_rgb
+    from srdistill.export.calibration import check_calibration, read_rgb
 
     with tally.case(PATHS, "calibration folder with a FIFO and a device among its images"):
         d = tmp_path / "cal"
@@ -207,12 +207,12 @@ def test_calibration_folder_reads_only_regular_files(tmp_path, tally, sample_png
         (d / "a.png").write_bytes(sample_png.read_bytes())
         fifo = _special(d, "fifo", "b.png")
         _special(d, "dev-zero", "c.png")
-        assert [p.name for p in _check_calibration(d)] == ["a.png"]
+        assert [p.name for p in check_calibration(d)] == ["a.png"]
         with pytest.raises(ImageError, match="not a regular file"):
-            _read_rgb(fifo)
+            read_rgb(fifo)
         fifo_folder = _special(tmp_path, "fifo", "calfifo")
         with pytest.raises(UsageError, match="not a folder"):
-            _check_calibration(fifo_folder)
+            check_calibration(fifo_folder)
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dev-null", "folder"])

@@ -36,8 +36,7 @@ must be run tile by tile at exactly that size.
 
 from __future__ import annotations
 
-from .calibration import _synthetic_hr  # noqa: F401  (tests)
-from .onnx import _Exporter, export_onnx  # noqa: F401
+from .onnx import export_onnx  # noqa: F401
 from .options import (MAX_OPSET, MIN_OPSET, WINDOW_ATTENTION_FAMILIES, ExportOptions, ExportResult,  # noqa: F401
                       Int8QualityError, Int8Report, Verification, parse_static_size)
 __all__ = [

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,10 +11,10 @@ import torch
 from ..data.datasets import to_uint8_chw
 from ..data.images import IMAGE_EXTENSIONS, read_image, scan_folder
 from ..data.resize import downscale_for_sr, quantize_uint8
-from ..errors import ImageError, SrDistillError, UsageError
+from ..errors import ImageError, SrDistillError, UsageError, first_line
 from ..fileio import shown_path
 from ..metrics import psnr, quantize_u8, to_uint8
-from .verify import _first_line, _test_batch
+from .verify import synthetic_batch
 
 
 # --------------------------------------------------------------------------- calibration data
@@ -26,7 +24,7 @@ def _list_images(folder: Path) -> list[Path]:
     return sorted(scan_folder(folder, recursive=False))
 
 
-def _check_calibration(path) -> list[Path]:
+def check_calibration(path) -> list[Path]:
     p = Path(path)
     if not p.exists():
         raise UsageError(f"calibration folder {shown_path(p)} does not exist",
@@ -40,12 +38,12 @@ def _check_calibration(path) -> list[Path]:
     return imgs
 
 
-def _read_rgb(path: Path) -> np.ndarray:
+def read_rgb(path: Path) -> np.ndarray:
     """A calibration image as H x W x 3 uint8 (the one image reader: 16-bit, gray, EXIF, alpha dropped)."""
     try:
         img = read_image(path)
     except SrDistillError as e:
-        raise ImageError(f"cannot read calibration image {path.name}: {_first_line(e)}") from None
+        raise ImageError(f"cannot read calibration image {path.name}: {first_line(e)}") from None
     return np.ascontiguousarray(to_uint8_chw(img.rgb, 3).permute(1, 2, 0).numpy())
 
 
@@ -55,7 +53,7 @@ class _Pair:
     hr: np.ndarray | None  # (H, W, 3) uint8, None when the image was too small to downscale
 
 
-def _make_pairs(images: list[np.ndarray], model, patch: tuple[int, int], static: bool) -> list[_Pair]:
+def make_pairs(images: list[np.ndarray], model, patch: tuple[int, int], static: bool) -> list[_Pair]:
     """Centre crops: an HR crop of ``scale * patch`` and its bicubic LR (paper protocol)."""
     s = model.scale
     m = max(1, model.multiple_of)
@@ -89,21 +87,11 @@ def _psnr(sr: np.ndarray, ref_uint8: np.ndarray, scale: int) -> float:
     return float(psnr(to_uint8(torch.from_numpy(sr)), ref_uint8, scale, test_y_channel=True))
 
 
-def _median_ms(sess, x: np.ndarray, runs: int) -> float:
-    sess.run(None, {"input": x})  # warm-up
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, {"input": x})
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000.0
-
-
-def _synthetic_hr(n: int, h: int, w: int, seed: int = 0) -> list[np.ndarray]:
+def synthetic_hr(n: int, h: int, w: int, seed: int = 0) -> list[np.ndarray]:
     """Synthetic HR images (``H x W x 3`` uint8) for dynamic int8 quality checks."""
     imgs = []
     for i in range(n):
-        x = _test_batch(1, 3, h, w, seed + i)[0]
+        x = synthetic_batch(1, 3, h, w, seed + i)[0]
         # smooth the noise a little so bicubic LR keeps structure a model can rebuild
         x = 0.5 * x + 0.25 * (np.roll(x, 1, axis=1) + np.roll(x, 1, axis=2))
         imgs.append(np.ascontiguousarray(quantize_u8(x.transpose(1, 2, 0))))

@@ -5,6 +5,8 @@ guard's figure) and their speed. ``ex`` is the format's exporter (model, options
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,23 +14,23 @@ import torch
 
 from ..errors import ExportError
 from ..metrics import psnr, to_uint8
-from .calibration import _make_pairs, _median_ms, _read_rgb, _synthetic_hr
-from .verify import _round_up, _test_batch
+from .calibration import make_pairs, read_rgb, synthetic_hr
+from .verify import round_up, synthetic_batch
 
 
 def int8_pairs(ex, calib_paths: list[Path] | None):
     """LR/HR pairs for calibration and the PSNR check: the calibration images, else synthetic ones."""
     o, s = ex.o, ex.model.scale
     m, lo = max(1, ex.model.multiple_of), max(1, ex.model.min_size)
-    patch = ex.static or (_round_up(max(o.calibration_size, lo), m),) * 2
+    patch = ex.static or (round_up(max(o.calibration_size, lo), m),) * 2
     if calib_paths is not None:
         paths = calib_paths[: o.max_calibration_images]
         if len(calib_paths) > len(paths):
             ex.r.info(f"using the first {len(paths)} of {len(calib_paths)} calibration images")
-        images, source = [_read_rgb(p) for p in paths], "calibration"
+        images, source = [read_rgb(p) for p in paths], "calibration"
     else:
-        images, source = _synthetic_hr(4, patch[0] * s, patch[1] * s, seed=123), "synthetic"
-    pairs = _make_pairs(images, ex.model, patch, bool(ex.static))
+        images, source = synthetic_hr(4, patch[0] * s, patch[1] * s, seed=123), "synthetic"
+    pairs = make_pairs(images, ex.model, patch, bool(ex.static))
     if not pairs:
         need = f"{patch[0]}x{patch[1]}" if ex.static else f"{lo}x{lo}"
         raise ExportError(f"no calibration image is large enough for this model (each needs at least {need} "
@@ -75,8 +77,8 @@ def int8_speed(ex, s32, s8):
     m, lo = max(1, ex.model.multiple_of), max(1, ex.model.min_size)
     sp = ex.static or (o.speed_size, o.speed_size)
     if not ex.static:
-        sp = (_round_up(max(sp[0], lo), m), _round_up(max(sp[1], lo), m))
-    x = _test_batch(1, ex.cin, sp[0], sp[1], seed=99)
+        sp = (round_up(max(sp[0], lo), m), round_up(max(sp[1], lo), m))
+    x = synthetic_batch(1, ex.cin, sp[0], sp[1], seed=99)
     with ex.r.task("int8: timing", total=2) as task:
         t32 = _median_ms(s32, x, o.speed_runs)
         task.advance(1)
@@ -84,3 +86,12 @@ def int8_speed(ex, s32, s8):
         task.advance(1)
     return t32, t8, sp
 
+
+def _median_ms(sess, x: np.ndarray, runs: int) -> float:
+    sess.run(None, {"input": x})  # warm-up
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, {"input": x})
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000.0

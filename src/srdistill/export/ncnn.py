@@ -18,15 +18,15 @@ import numpy as np
 import onnx
 import torch
 
-from ..errors import ExportError, UsageError
+from ..errors import ExportError, UsageError, first_line
 from ..fileio import check_writable
 from ..progress import NULL, Reporter
 from ..runtimes import get_runtime
 from ..runtimes.ncnn_runtime import NcnnModel, open_net, pnnx_convert, sidecar
 from .files import digest, staged
-from .onnx import _source_hash, prepare
+from .onnx import prepare
 from .options import ExportOptions, ExportResult
-from .verify import _first_line
+from .prepare import source_hash
 
 
 def export_ncnn(model: Any, out_path: str | os.PathLike, options: ExportOptions | None = None,
@@ -53,9 +53,9 @@ def export_ncnn(model: Any, out_path: str | os.PathLike, options: ExportOptions 
             with torch.no_grad():
                 param = pnnx_convert(p.module, Path(work), [s[:1] for s in shapes], fp16=True)
         except Exception as e:  # noqa: BLE001 - pnnx raises many types
-            raise ExportError(f"pnnx could not convert {src.architecture}: {_first_line(e)}") from None
+            raise ExportError(f"pnnx could not convert {src.architecture}: {first_line(e)}") from None
         _verify(ex, param)
-        source_sha = _source_hash(src)
+        source_sha = source_hash(src)
         proto = onnx.ModelProto()
         ex.metadata(proto, precision="fp16", source_sha256=source_sha, params=src.params, quant=None,
                     simplified=False)

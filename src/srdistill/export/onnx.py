@@ -19,26 +19,42 @@ import onnx
 import torch
 
 from .. import __version__
-from ..errors import ExportError, BadPathError, UnsupportedModelError, UsageError
+from ..errors import ExportError, BadPathError, UnsupportedModelError, UsageError, first_line
 from ..fileio import atomic_path, check_writable
 from ..metadata import json_safe
-from ..models.checkpoint import tensor_hash
 from ..models.families import get_family
 from ..models.loading import SRModel, load_model
 from ..progress import NULL, Reporter
-from .calibration import _check_calibration
+from .calibration import check_calibration
 from .int8_checks import int8_pairs, int8_psnr, int8_speed
-from .options import (ExportOptions, ExportResult, Int8QualityError, Int8Report, Verification, _check_options,
+from .options import (ExportOptions, ExportResult, Int8QualityError, Int8Report, Verification, check_options,
                       int8_weight_range)
-from .prepare import _fold_reparameterized, _fp16_hazards, _patch_for_export, _suggest_static, _uses_window_attention
-from .surgery import _initializer_names, _set_io, _toposort
-from .verify import _first_line, _plan_sizes, _quiet_export, _serialize, _session, _test_batch
+from .prepare import (fold_reparameterized, fp16_hazards, patch_for_export, source_hash, suggest_static,
+                      uses_window_attention)
+from .surgery import initializer_names, set_io, toposort
+from .verify import plan_sizes, quiet_export, synthetic_batch
 
 
 # --------------------------------------------------------------------------- the export
 
 
-class _Exporter:
+def _session(model_bytes: bytes):
+    import onnxruntime as ort  # lazy: only verification and int8 need onnxruntime
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 4  # failures are reported by us, as one line
+    return ort.InferenceSession(model_bytes, sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def _serialize(proto) -> bytes:
+    try:
+        return proto.SerializeToString()
+    except ValueError as e:  # protobuf's 2 GiB limit
+        raise ExportError(f"the ONNX graph cannot be serialised: {first_line(e)}",
+                          hint="models over 2 GB are not supported") from None
+
+class Exporter:
     def __init__(self, model, out_path: Path, opts: ExportOptions, reporter: Reporter):
         self.model = model
         self.out = out_path
@@ -61,7 +77,7 @@ class _Exporter:
         self.refs: dict[tuple, np.ndarray] = {}
         for i, (b, h, w) in enumerate(sizes):
             key = (i, b, h, w)
-            x = _test_batch(b, self.cin, h, w, seed=1000 + i)
+            x = synthetic_batch(b, self.cin, h, w, seed=1000 + i)
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 y = module(torch.from_numpy(x))
@@ -89,7 +105,7 @@ class _Exporter:
             except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
                 for (_, b, h, w) in self.refs:
                     rows.append(Verification(stage, (h, w), b, None, tol, False,
-                                             f"onnxruntime cannot load it: {_first_line(e)}"))
+                                             f"onnxruntime cannot load it: {first_line(e)}"))
                 self.verification += rows
                 return rows
 
@@ -101,7 +117,7 @@ class _Exporter:
                 try:
                     y = np.asarray(run(self.inputs[key]), dtype=np.float32)
                 except Exception as e:  # noqa: BLE001
-                    rows.append(Verification(stage, (h, w), b, None, tol, False, _first_line(e)))
+                    rows.append(Verification(stage, (h, w), b, None, tol, False, first_line(e)))
                     task.advance(1)
                     continue
                 if y.shape != ref.shape:
@@ -139,14 +155,14 @@ class _Exporter:
         raise ExportError(
             f"the exported {arch} graph is only right at the size it was traced at "
             f"({first.size[0]}x{first.size[1]}): {self.fail_message(rows, self.o.atol)}",
-            hint=f"export a fixed-size model with --static-size {_suggest_static(self.model)} "
+            hint=f"export a fixed-size model with --static-size {suggest_static(self.model)} "
                  f"and upscale with tiles of that size")
 
     # -- stages ----------------------------------------------------------------------------
 
     def torch_export(self, module: torch.nn.Module, trace_hw: tuple[int, int]) -> bytes:
         h, w = trace_hw
-        example = torch.from_numpy(_test_batch(1, self.cin, h, w, seed=7))
+        example = torch.from_numpy(synthetic_batch(1, self.cin, h, w, seed=7))
         if self.static:
             axes = None  # fully fixed shape: window models also bake the batch size
         else:
@@ -154,7 +170,7 @@ class _Exporter:
                     "output": {0: "batch", 2: "height_out", 3: "width_out"}}
         buf = io.BytesIO()
         try:
-            with _quiet_export(), torch.no_grad():
+            with quiet_export(), torch.no_grad():
                 # Pinned to the TorchScript-based exporter (dynamo=False): torch's default switched
                 # to the dynamo exporter, which needs onnxscript (not a dependency of srdistill)
                 # and exports data-dependent shapes differently.
@@ -168,30 +184,30 @@ class _Exporter:
                 )
         except Exception as e:  # noqa: BLE001 - the exporter raises many types
             raise ExportError(f"torch.onnx.export failed for {self.model.architecture} at opset "
-                              f"{self.o.opset}: {_first_line(e)}") from None
+                              f"{self.o.opset}: {first_line(e)}") from None
         return buf.getvalue()
 
     def simplify(self, proto):
         import onnxslim  # lazy: 2 s to import; --no-simplify runs skip it
 
         try:
-            with _quiet_export(), contextlib.redirect_stdout(io.StringIO()):
+            with quiet_export(), contextlib.redirect_stdout(io.StringIO()):
                 return onnxslim.slim(copy.deepcopy(proto))
         except Exception as e:  # noqa: BLE001
-            self.warn(f"onnxslim failed ({_first_line(e, 160)}); keeping the unsimplified graph")
+            self.warn(f"onnxslim failed ({first_line(e, 160)}); keeping the unsimplified graph")
             return None
 
     def to_fp16(self, proto):
         try:
             from onnxruntime.transformers.float16 import convert_float_to_float16  # lazy: ~1 s, --fp16 only
         except ImportError as e:  # pragma: no cover - ships with onnxruntime
-            raise ExportError(f"--fp16 needs onnxruntime.transformers.float16: {_first_line(e)}") from None
+            raise ExportError(f"--fp16 needs onnxruntime.transformers.float16: {first_line(e)}") from None
         try:
-            with _quiet_export():
+            with quiet_export():
                 half = convert_float_to_float16(proto, keep_io_types=True)  # a failure ends the export: no copy kept
         except Exception as e:  # noqa: BLE001
-            raise ExportError(f"fp16 conversion failed: {_first_line(e)}") from None
-        _toposort(half.graph)
+            raise ExportError(f"fp16 conversion failed: {first_line(e)}") from None
+        toposort(half.graph)
         return half
 
     def quantize(self, fp32_bytes: bytes, calib_paths: list[Path] | None) -> tuple[bytes, Int8Report]:
@@ -207,7 +223,7 @@ class _Exporter:
             s32 = _session(fp32_bytes)
             s8 = _session(int8_bytes)
         except Exception as e:  # noqa: BLE001
-            raise ExportError(f"onnxruntime cannot run the int8 model: {_first_line(e)}") from None
+            raise ExportError(f"onnxruntime cannot run the int8 model: {first_line(e)}") from None
         reference, psnr32, psnr8, drop, vs_fp32, n_hr = int8_psnr(self, s32, s8, pairs)
         t32, t8, sp = int8_speed(self, s32, s8)
         report = Int8Report(
@@ -231,7 +247,7 @@ class _Exporter:
             self.r.info(f"int8: {mode} quantization, {'7-bit' if reduce_range else 'full'}-range weights"
                         + (f", calibrating on {len(pairs)} patches" if mode == "static" else ""))
             try:
-                with _quiet_export():
+                with quiet_export():
                     if mode == "static":
                         feeds = [{"input": p.lr} for p in pairs]
 
@@ -256,9 +272,9 @@ class _Exporter:
                         quantize_dynamic(str(src), str(dst), per_channel=True, reduce_range=reduce_range,
                                          weight_type=QuantType.QInt8)
             except Exception as e:  # noqa: BLE001
-                raise ExportError(f"int8 quantization ({mode}) failed: {_first_line(e)}") from None
+                raise ExportError(f"int8 quantization ({mode}) failed: {first_line(e)}") from None
             int8_proto = onnx.load(str(dst))
-        _set_io(int8_proto, self.cin, self.cout, self.model.scale, self.static)
+        set_io(int8_proto, self.cin, self.cout, self.model.scale, self.static)
         return _serialize(int8_proto)
 
     def metadata(self, proto, *, precision: str, source_sha256: str, params: int, quant: Int8Report | None,
@@ -320,12 +336,6 @@ def _load_source(model_or_path):
     return load_model(p, device="cpu")
 
 
-def _source_hash(model) -> str:
-    if model.sha256:
-        return model.sha256
-    return tensor_hash({k: v for k, v in model.module.state_dict().items()})
-
-
 def export_onnx(model: Any, out_path: str | os.PathLike, options: ExportOptions | None = None,
                 reporter: Reporter = NULL) -> ExportResult:
     """Export ``model`` (a checkpoint path or an :class:`SRModel`) to a verified ONNX file at ``out_path``.
@@ -350,7 +360,7 @@ def export_onnx(model: Any, out_path: str | os.PathLike, options: ExportOptions 
         int8_bytes, quant = _to_int8(ex, cur_bytes, g.calib_paths)
         proto, cur_bytes, precision = onnx.load_from_string(int8_bytes), int8_bytes, "int8"
     # 4. metadata, check, write
-    source_sha = _source_hash(model)
+    source_sha = source_hash(model)
     ex.metadata(proto, precision=precision, source_sha256=source_sha, params=model.params, quant=quant,
                 simplified=g.simplified)
     data = _write(ex, proto, out, precision)
@@ -367,7 +377,7 @@ class Prepared:
     """What every format starts from: the checked options, the fp32 references at the verification sizes,
     and an eval copy of the module with re-parameterised blocks folded and export-safe forwards."""
 
-    ex: "_Exporter"
+    ex: "Exporter"
     module: torch.nn.Module
     trace_hw: tuple[int, int]
     folded: int
@@ -386,24 +396,24 @@ class Fp32Graph(Prepared):
 
 def prepare(model: Any, out_path: str | os.PathLike, o: ExportOptions, reporter: Reporter, fmt: str) -> Prepared:
     """Options and paths checked, the model loaded, PyTorch references computed (nothing written)."""
-    _check_options(o)
+    check_options(o)
     out = Path(out_path)
     check_writable(out, overwrite=o.overwrite)
     model = _load_source(model)
-    calib_paths = _check_calibration(o.calibration) if (o.int8 and o.calibration is not None) else None
-    ex = _Exporter(model, out, o, reporter)
+    calib_paths = check_calibration(o.calibration) if (o.int8 and o.calibration is not None) else None
+    ex = Exporter(model, out, o, reporter)
     _check_size_options(model, o, ex)
     # a CPU fp32 eval copy; references from it before any export-only change
     module = copy.deepcopy(model.module).to("cpu", torch.float32).eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    trace_hw, sizes = _plan_sizes(model, o)
+    trace_hw, sizes = plan_sizes(model, o)
     reporter.info(f"exporting {model.architecture} x{model.scale} ({model.params:,} parameters) to {fmt}"
                   + (f" (ONNX opset {o.opset})" if fmt != "ncnn" else "")
                   + (f", fixed size {trace_hw[0]}x{trace_hw[1]}" if ex.static else ", dynamic size"))
     ex.references(module, sizes)
-    folded, train_only = _fold_reparameterized(module)
-    _patch_for_export(module)
+    folded, train_only = fold_reparameterized(module)
+    patch_for_export(module)
     return Prepared(ex, module, trace_hw, folded, train_only, calib_paths)
 
 
@@ -421,24 +431,24 @@ def onnx_bytes(model: SRModel, opset: int = 17) -> bytes:
     a checkpoint through ONNX (onnxruntime, OpenVINO) load. Window-attention models are refused
     (their graph is only right at the traced size)."""
     o = ExportOptions(opset=opset)
-    ex = _Exporter(model, Path("model.onnx"), o, NULL)
+    ex = Exporter(model, Path("model.onnx"), o, NULL)
     _check_size_options(model, o, ex)
     module = copy.deepcopy(model.module).to("cpu", torch.float32).eval()
-    _fold_reparameterized(module)
-    _patch_for_export(module)
-    trace_hw, _ = _plan_sizes(model, o)
+    fold_reparameterized(module)
+    patch_for_export(module)
+    trace_hw, _ = plan_sizes(model, o)
     proto = onnx.load_from_string(ex.torch_export(module, trace_hw))
-    _set_io(proto, ex.cin, ex.cout, model.scale, None)
+    set_io(proto, ex.cin, ex.cout, model.scale, None)
     return _serialize(proto)
 
 
-def _check_size_options(model, o: ExportOptions, ex: "_Exporter") -> None:
+def _check_size_options(model, o: ExportOptions, ex: "Exporter") -> None:
     arch = model.architecture
-    if _uses_window_attention(model) and not o.static_size:
+    if uses_window_attention(model) and not o.static_size:
         raise ExportError(
             f"{arch} uses window attention: its ONNX graph bakes in the input size it was traced at, so a "
             "dynamic-size export would be wrong at other sizes",
-            hint=f"export a fixed-size model with --static-size {_suggest_static(model)} and upscale with tiles "
+            hint=f"export a fixed-size model with --static-size {suggest_static(model)} and upscale with tiles "
                  "of that size")
     if o.static_size:
         h, w = o.static_size
@@ -452,29 +462,29 @@ def _check_size_options(model, o: ExportOptions, ex: "_Exporter") -> None:
         ex.warn(f"spandrel does not mark {arch} as fp16-safe; checking it on test images")
 
 
-def _traced(ex: "_Exporter", module, trace_hw, train_only: set[str]):
+def _traced(ex: "Exporter", module, trace_hw, train_only: set[str]):
     """The traced graph, checked: no training branch left, verified against PyTorch."""
 
     raw = ex.torch_export(module, trace_hw)
     proto = onnx.load_from_string(raw)
-    leaked = sorted(train_only & _initializer_names(proto))
+    leaked = sorted(train_only & initializer_names(proto))
     if leaked:
         raise ExportError(f"the exported graph still computes re-parameterisation training branches "
                           f"({leaked[0]}, ...)")
-    _set_io(proto, ex.cin, ex.cout, ex.model.scale, ex.static)
+    set_io(proto, ex.cin, ex.cout, ex.model.scale, ex.static)
     cur_bytes = _serialize(proto)
     ex.check_export(cur_bytes, "export")
     return proto, cur_bytes
 
 
-def _simplified(ex: "_Exporter", proto, cur_bytes: bytes):
+def _simplified(ex: "Exporter", proto, cur_bytes: bytes):
     """onnxslim's graph when it verifies too, else the original (with a warning)."""
     if not ex.o.simplify:
         return proto, cur_bytes, False
     slim = ex.simplify(proto)
     if slim is None:
         return proto, cur_bytes, False
-    _set_io(slim, ex.cin, ex.cout, ex.model.scale, ex.static)
+    set_io(slim, ex.cin, ex.cout, ex.model.scale, ex.static)
     slim_bytes = _serialize(slim)
     if ex.check_export(slim_bytes, "simplified"):
         return slim, slim_bytes, True
@@ -484,15 +494,15 @@ def _simplified(ex: "_Exporter", proto, cur_bytes: bytes):
     return proto, cur_bytes, False
 
 
-def _to_fp16(ex: "_Exporter", module, proto):
+def _to_fp16(ex: "Exporter", module, proto):
     """fp16 weights and compute, refused where activations overflow or outputs drift."""
     o, arch = ex.o, ex.model.architecture
     key0 = next(iter(ex.refs))
-    hazard = _fp16_hazards(module, ex.inputs[key0], ex.refs[key0], o.atol_fp16)
+    hazard = fp16_hazards(module, ex.inputs[key0], ex.refs[key0], o.atol_fp16)
     if hazard:
         raise ExportError(f"fp16 is not safe for this {arch} model: {hazard}", hint="export without --fp16")
     half = ex.to_fp16(proto)
-    _set_io(half, ex.cin, ex.cout, ex.model.scale, ex.static)
+    set_io(half, ex.cin, ex.cout, ex.model.scale, ex.static)
     half_bytes = _serialize(half)
     rows = ex.verify(half_bytes, "fp16", o.atol_fp16)
     if not all(v.ok for v in rows):
@@ -509,7 +519,7 @@ def _to_fp16(ex: "_Exporter", module, proto):
     return half, half_bytes
 
 
-def _to_int8(ex: "_Exporter", cur_bytes: bytes, calib_paths):
+def _to_int8(ex: "Exporter", cur_bytes: bytes, calib_paths):
     """int8 with onnxruntime, refused when it loses more than --max-psnr-drop (unless --force)."""
     int8_bytes, quant = ex.quantize(cur_bytes, calib_paths)
     ex.verify(int8_bytes, "int8", None)
@@ -520,7 +530,7 @@ def _to_int8(ex: "_Exporter", cur_bytes: bytes, calib_paths):
     return int8_bytes, quant
 
 
-def psnr_guard(ex: "_Exporter", quant: Int8Report) -> None:
+def psnr_guard(ex: "Exporter", quant: Int8Report) -> None:
     """Refuse an int8 model that loses more than --max-psnr-drop (or whose drop cannot be measured)
     unless --force: :class:`Int8QualityError`, exit 3."""
     o = ex.o
@@ -537,14 +547,14 @@ def psnr_guard(ex: "_Exporter", quant: Int8Report) -> None:
         ex.warn(msg + "; writing it anyway (--force)")
 
 
-def _write(ex: "_Exporter", proto, out: Path, precision: str) -> bytes:
+def _write(ex: "Exporter", proto, out: Path, precision: str) -> bytes:
     """The final model, checked by onnx.checker, written atomically."""
 
     data = _serialize(proto)
     try:
         onnx.checker.check_model(onnx.load_from_string(data))
     except Exception as e:  # noqa: BLE001
-        raise ExportError(f"the final ONNX model does not pass onnx.checker: {_first_line(e)}") from None
+        raise ExportError(f"the final ONNX model does not pass onnx.checker: {first_line(e)}") from None
     with atomic_path(out, overwrite=ex.o.overwrite) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)

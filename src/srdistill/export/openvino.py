@@ -13,16 +13,17 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ExportError
+from ..errors import ExportError, first_line
 from ..fileio import check_writable
 from ..progress import NULL, Reporter
 from ..runtimes import get_runtime
 from ..runtimes.openvino_runtime import RT_INFO_KEY, compile_options
 from .files import digest, staged
 from .int8_checks import int8_pairs, int8_psnr, int8_speed
-from .onnx import _source_hash, fp32_graph, psnr_guard
+from .onnx import fp32_graph, psnr_guard
 from .options import ExportOptions, ExportResult, Int8Report, int8_weight_range
-from .verify import _first_line, _quiet_export
+from .prepare import source_hash
+from .verify import quiet_export
 
 # Lazy imports here: openvino and nncf are optional extras (seconds to import); only this format needs them.
 
@@ -50,13 +51,13 @@ def export_openvino(model: Any, out_path: str | os.PathLike, options: ExportOpti
     g = fp32_graph(model, out, o, reporter, "OpenVINO")
     ex, src = g.ex, g.ex.model
     core = ov.Core()
-    with _quiet_export():
+    with quiet_export():
         ov_model = ov.convert_model(io.BytesIO(g.data))
     quant = None
     precision = "int8" if o.int8 else "fp16" if o.fp16 else "fp32"
     if o.int8:
         ov_model, quant = _nncf_int8(ex, core, ov_model, g.calib_paths)
-    source_sha = _source_hash(src)
+    source_sha = source_hash(src)
     ex.metadata(g.proto, precision=precision, source_sha256=source_sha, params=src.params, quant=quant,
                 simplified=g.simplified)
     meta = {p.key: p.value for p in g.proto.metadata_props}
@@ -85,7 +86,7 @@ def _verify_saved(ex, core, xml: Path, precision: str) -> None:
     try:
         compiled = core.compile_model(core.read_model(str(xml)), "CPU", compile_options(None))
     except Exception as e:  # noqa: BLE001 - openvino raises RuntimeError and friends
-        raise ExportError(f"OpenVINO cannot load the IR it wrote: {_first_line(e)}") from None
+        raise ExportError(f"OpenVINO cannot load the IR it wrote: {first_line(e)}") from None
     rows = ex.verify(None, stage, tol, run=lambda x: np.array(compiled(x)[0], copy=True))
     if not all(v.ok for v in rows):
         raise ExportError(f"OpenVINO does not reproduce the PyTorch {ex.model.architecture} model "
@@ -104,14 +105,14 @@ def _nncf_int8(ex, core, ov_model, calib_paths) -> tuple[Any, Int8Report]:
     ex.r.info(f"int8: NNCF quantization, {'7-bit' if weights == 'reduced' else 'full'}-range weights, "
               f"calibrating on {len(pairs)} {source} patches")
     try:
-        with _quiet_export():
+        with quiet_export():
             # the weight range: NNCF's overflow fix is its 7-bit weights (the saturation onnxruntime's
             # reduce_range avoids on CPUs without VNNI); full range on a CPU with VNNI
             fix = nncf.OverflowFix.ENABLE if weights == "reduced" else nncf.OverflowFix.DISABLE
             q = nncf.quantize(ov_model, nncf.Dataset([p.lr for p in pairs]), subset_size=len(pairs),
                               advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=fix))
     except Exception as e:  # noqa: BLE001 - NNCF raises many types
-        raise ExportError(f"NNCF quantization failed: {_first_line(e)}") from None
+        raise ExportError(f"NNCF quantization failed: {first_line(e)}") from None
     s32 = _Session(core.compile_model(ov_model, "CPU", compile_options(None)))
     s8 = _Session(core.compile_model(q, "CPU", compile_options(None)))
     reference, psnr32, psnr8, drop, vs_fp32, n_hr = int8_psnr(ex, s32, s8, pairs)

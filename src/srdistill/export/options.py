@@ -190,7 +190,7 @@ def parse_static_size(text: str | None) -> tuple[int, int] | None:
     return h, w
 
 
-def _check_options(o: ExportOptions) -> None:
+def check_options(o: ExportOptions) -> None:
     if isinstance(o.opset, bool) or not isinstance(o.opset, int):
         raise UsageError(f"--opset must be an integer, not {o.opset!r}")
     if o.opset < MIN_OPSET:

@@ -12,14 +12,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import first_line
+from ..models.checkpoint import tensor_hash
 from .options import WINDOW_ATTENTION_FAMILIES
-from .verify import _first_line, _round_up
+from .verify import round_up
 
 
 # --------------------------------------------------------------------------- model preparation
 
 
-def _fold_reparameterized(module: torch.nn.Module) -> tuple[int, set[str]]:
+def fold_reparameterized(module: torch.nn.Module) -> tuple[int, set[str]]:
     """Fold re-parameterisable blocks (SPAN's Conv3XC) into their deploy conv, for good.
 
     In eval mode such a block recomputes ``eval_conv`` from its training branches on every
@@ -62,7 +64,7 @@ def _safm_forward(self, x):
     return self.act(out) * x
 
 
-def _patch_for_export(module: torch.nn.Module) -> list[str]:
+def patch_for_export(module: torch.nn.Module) -> list[str]:
     """Exportable, numerically identical forwards for blocks the TorchScript exporter cannot take."""
     patched = []
     for name, m in module.named_modules():
@@ -73,7 +75,7 @@ def _patch_for_export(module: torch.nn.Module) -> list[str]:
     return patched
 
 
-def _uses_window_attention(model) -> bool:
+def uses_window_attention(model) -> bool:
     if model.architecture in WINDOW_ATTENTION_FAMILIES:
         return True
     for m in model.module.modules():
@@ -82,20 +84,20 @@ def _uses_window_attention(model) -> bool:
     return False
 
 
-def _suggest_static(model) -> str:
+def suggest_static(model) -> str:
     hp = model.hyperparameters or {}
     ws = hp.get("window_size") or hp.get("split_size") or 8
     if isinstance(ws, (list, tuple)):
         ws = max(int(v) for v in ws) if ws else 8
     side = max(64, int(model.min_size or 0))
-    side = _round_up(side, math.lcm(int(ws) if isinstance(ws, int) and ws > 0 else 8, max(1, model.multiple_of)))
+    side = round_up(side, math.lcm(int(ws) if isinstance(ws, int) and ws > 0 else 8, max(1, model.multiple_of)))
     return f"{side}x{side}"
 
 
 FP16_MAX = 65504.0
 
 
-def _fp16_hazards(module: torch.nn.Module, x: np.ndarray, reference: np.ndarray, tol: float) -> str | None:
+def fp16_hazards(module: torch.nn.Module, x: np.ndarray, reference: np.ndarray, tol: float) -> str | None:
     """Why fp16 is unsafe for ``module`` on input ``x``, or None.
 
     onnxruntime's CPU provider runs fp16 nodes that lack fp16 kernels (Conv among them on x86)
@@ -136,10 +138,17 @@ def _fp16_hazards(module: torch.nn.Module, x: np.ndarray, reference: np.ndarray,
                 y = half(torch.from_numpy(x).to("cuda", torch.float16)).float().cpu().numpy()
             del half
         except Exception as e:  # noqa: BLE001
-            return f"the model fails in half precision on CUDA: {_first_line(e)}"
+            return f"the model fails in half precision on CUDA: {first_line(e)}"
         if not np.isfinite(y).all():
             return "the model outputs NaN/inf in half precision on CUDA"
         d = float(np.abs(y - reference).max())
         if d > tol:
             return f"in half precision on CUDA it differs from fp32 by {d:.3g} (more than {tol:g})"
     return None
+
+
+def source_hash(model) -> str:
+    """The identity of the model an export came from (its file's sha256, else its weights' hash)."""
+    if model.sha256:
+        return model.sha256
+    return tensor_hash({k: v for k, v in model.module.state_dict().items()})

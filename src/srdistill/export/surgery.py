@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 
-def _set_io(proto, channels_in: int, channels_out: int, scale: int, static: tuple[int, int] | None) -> None:
+def set_io(proto, channels_in: int, channels_out: int, scale: int, static: tuple[int, int] | None) -> None:
     """Name and shape the graph's I/O exactly as the contract says (tools may have renamed dims)."""
     inp, out = proto.graph.input[0], proto.graph.output[0]
     if static:
@@ -26,7 +26,7 @@ def _set_io(proto, channels_in: int, channels_out: int, scale: int, static: tupl
                 nd.dim_value = int(d)
 
 
-def _toposort(graph) -> None:
+def toposort(graph) -> None:
     """Order ``graph.node`` topologically (the fp16 converter appends its input Casts at the end,
     which onnxruntime accepts but the ONNX checker and other runtimes do not)."""
     available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
@@ -50,7 +50,7 @@ def _toposort(graph) -> None:
         graph.node.extend(nodes)
 
 
-def _initializer_names(proto) -> set[str]:
+def initializer_names(proto) -> set[str]:
     names = {i.name for i in proto.graph.initializer}
     for node in proto.graph.node:
         names.update(node.input)

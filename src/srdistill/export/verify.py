@@ -1,4 +1,4 @@
-"""Format-neutral verification: test inputs, the sizes a model is checked at, timing helpers."""
+"""Format-neutral verification: test inputs, the sizes a model is checked at, the quiet context an export runs in."""
 
 from __future__ import annotations
 
@@ -9,23 +9,17 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import ExportError
 from .options import ExportOptions
 
 
 # --------------------------------------------------------------------------- small helpers
 
 
-def _first_line(e: BaseException, limit: int = 240) -> str:
-    text = (str(e).strip().splitlines() or [type(e).__name__])[0].strip() or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _round_up(v: int, m: int) -> int:
+def round_up(v: int, m: int) -> int:
     return ((int(v) + m - 1) // m) * m
 
 
-def _test_batch(batch: int, channels: int, h: int, w: int, seed: int) -> np.ndarray:
+def synthetic_batch(batch: int, channels: int, h: int, w: int, seed: int) -> np.ndarray:
     """A deterministic image-like batch in [0, 1]: gradients, edges, texture and noise."""
     rng = np.random.default_rng(seed)
     yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
@@ -44,7 +38,7 @@ def _test_batch(batch: int, channels: int, h: int, w: int, seed: int) -> np.ndar
 
 
 @contextlib.contextmanager
-def _quiet_export() -> Iterator[None]:
+def quiet_export() -> Iterator[None]:
     """Silence tracer/deprecation warnings and onnxruntime.quantization's root-logger chatter."""
 
     class _Drop(logging.Filter):
@@ -62,44 +56,27 @@ def _quiet_export() -> Iterator[None]:
         root.removeFilter(flt)
 
 
-def _session(model_bytes: bytes):
-    import onnxruntime as ort  # lazy: verification is format-neutral; only ONNX sessions need onnxruntime
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 4  # failures are reported by us, as one line
-    return ort.InferenceSession(model_bytes, sess_options=so, providers=["CPUExecutionProvider"])
-
-
-def _serialize(proto) -> bytes:
-    try:
-        return proto.SerializeToString()
-    except ValueError as e:  # protobuf's 2 GiB limit
-        raise ExportError(f"the ONNX graph cannot be serialised: {_first_line(e)}",
-                          hint="models over 2 GB are not supported") from None
-
-
 # --------------------------------------------------------------------------- verification plan
 
 
 def _pick(start: int, lo: int, m: int, avoid8: bool, exclude: set[int]) -> int:
     """The first size >= max(start, lo) that is a multiple of m (and, if possible, not of 8)."""
-    v = _round_up(max(start, lo, 1), m)
+    v = round_up(max(start, lo, 1), m)
     for _ in range(64):
         if v not in exclude and (not avoid8 or v % 8):
             return v
         v += m
-    return _round_up(max(start, lo, 1), m)
+    return round_up(max(start, lo, 1), m)
 
 
-def _plan_sizes(model, opts: ExportOptions) -> tuple[tuple[int, int], list[tuple[int, int, int]]]:
+def plan_sizes(model, opts: ExportOptions) -> tuple[tuple[int, int], list[tuple[int, int, int]]]:
     """(trace size, [(batch, h, w), ...]) for the verification."""
     if opts.static_size:
         h, w = opts.static_size
         return (h, w), [(1, h, w), (1, h, w)]  # two different images at the one size
     m = max(1, int(model.multiple_of))
     lo = max(1, int(model.min_size))
-    s = _round_up(max(opts.export_size, lo), m)
+    s = round_up(max(opts.export_size, lo), m)
     sizes = [(1, s, s)]
     can_avoid8 = m % 8 != 0
     if model.square:

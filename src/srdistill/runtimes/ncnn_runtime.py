@@ -129,13 +129,13 @@ def pnnx_convert(module, folder: Path, inputs: list, *, fp16: bool) -> Path:
 def _from_checkpoint(path, threads):
     import torch  # lazy (see the note at the top)
 
-    from ..export.prepare import _fold_reparameterized, _patch_for_export  # lazy: torch (see the note at the top)
+    from ..export.prepare import fold_reparameterized, patch_for_export  # lazy: torch (see the note at the top)
     from ..models.loading import load_model  # lazy: torch (see the note at the top)
 
     src = load_model(path, device="cpu")
     module = src.module.eval()
-    _fold_reparameterized(module)
-    _patch_for_export(module)
+    fold_reparameterized(module)
+    patch_for_export(module)
     side = max(16, src.min_size)
     side += -side % max(1, src.multiple_of)
     other = side + max(8, src.multiple_of)

@@ -17,7 +17,8 @@ from srdistill.data import degrade as D
 from srdistill.distill.run import TrainHooks
 from srdistill.distill.trainer import distill
 from srdistill.errors import Interrupted, UsageError
-from srdistill.evaluate import EvalOptions, evaluate
+from srdistill.eval_report import EvalOptions
+from srdistill.evaluate import evaluate
 from srdistill.models.loading import load_model
 
 from test_distill import _cfg, _natural, data_dir, teacher_path, write_natural_images  # noqa: F401  (fixtures)

@@ -18,16 +18,9 @@ from srdistill.console import print_json
 from srdistill.data.datasets import load_eval_pairs
 from srdistill.data.resize import imresize_uint8
 from srdistill.errors import QualityGateError, UsageError
-from srdistill.evaluate import (
-    BicubicBaseline,
-    EvalOptions,
-    dataset_name,
-    evaluate,
-    parse_crop,
-    parse_psnr_thresholds,
-    score_pairs,
-)
-from srdistill.evaluate import COMPARISON_GAP_TOLERANCE
+from srdistill.comparison import COMPARISON_GAP_TOLERANCE
+from srdistill.eval_report import EvalOptions, dataset_name, parse_crop, parse_psnr_thresholds
+from srdistill.evaluate import BicubicBaseline, evaluate, score_pairs
 from srdistill.report import GRID_LABEL_HEIGHT, GRID_PAD, grid_size
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -131,7 +131,7 @@ def test_one_runnable_contract_is_met_by_eval_and_the_teacher_cache():
     """A model that only takes 24x24 inputs (a fixed-size ONNX export, say) runs in eval's run_sr and
     in the teacher cache through the same adapter as in upscale: tiles of exactly its size."""
     from srdistill.data.datasets import teacher_output
-    from srdistill.evaluate import run_sr
+    from srdistill.runner import run_sr
     from srdistill.runner import SizeRequirements, size_requirements
 
     class Fixed:

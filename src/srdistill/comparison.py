@@ -15,11 +15,10 @@ from .report import comparison_grid, save_png, window_mse
 from .runner import run_sr
 
 if TYPE_CHECKING:
-    from .eval_report import EvalOptions, ModelRow
-    from .evaluate import _Entry
+    from .eval_report import EvalOptions, ModelEntry, ModelRow
 
 
-def _error_map(sr: np.ndarray, hr: np.ndarray, y_channel: bool) -> np.ndarray:
+def error_map(sr: np.ndarray, hr: np.ndarray, y_channel: bool) -> np.ndarray:
     if y_channel and sr.ndim == 3 and sr.shape[2] == 3:
         d = rgb_to_y(sr) - rgb_to_y(hr)
         return d * d
@@ -43,7 +42,7 @@ COMPARISON_MSE_FLOOR = 25.0
 COMPARISON_GAP_MSE_FLOOR = 1.0
 
 
-def _window_grid(err: np.ndarray, win: int, region: tuple[int, int, int, int]):
+def window_grid(err: np.ndarray, win: int, region: tuple[int, int, int, int]):
     y0, x0, y1, x1 = region
     wh, ww = min(win, y1 - y0), min(win, x1 - x0)
     if wh < 1 or ww < 1:
@@ -108,7 +107,7 @@ def _representative_crop(rows: list[ModelRow], ds: dict, grids: dict, pairs) -> 
     return i, x, y, cw, ch, how
 
 
-def _make_comparison(path: Path, rows_spec: list[_Entry], rows: list[ModelRow], ds: dict,
+def make_comparison(path: Path, rows_spec: list[ModelEntry], rows: list[ModelRow], ds: dict,
                      crop: tuple[int, int, int, int] | None, grids: dict, scale: int,
                      device: torch.device, tile: int | None, opts: EvalOptions, rep: Reporter) -> dict:
     pairs = ds["pairs"]

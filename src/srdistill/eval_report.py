@@ -98,7 +98,7 @@ def dataset_name(folder: str | os.PathLike) -> str:
     return name or str(folder)
 
 
-def _check_int(name: str, value: Any, minimum: int, allow_none: bool = True, maximum: int | None = None) -> int | None:
+def check_int(name: str, value: Any, minimum: int, allow_none: bool = True, maximum: int | None = None) -> int | None:
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
@@ -116,7 +116,7 @@ MAX_BENCH_SIZE = 2048
 class EvalOptions:
     """What ``srdistill eval`` was asked to do (the CLI fills it from its flags).
 
-    ``models`` and ``teacher`` are model files (anything :func:`srdistill.onnx_model.load_any`
+    ``models`` and ``teacher`` are model files (anything :func:`srdistill.runtimes.select.load_any`
     opens) or already-loaded model objects (anything with ``scale`` and ``__call__``, as tests
     use). With no model, ``scale`` is required and only the bicubic row is computed.
     """
@@ -144,6 +144,18 @@ class EvalOptions:
     degradation: str | None = None  # degrade the HR into the inputs (realesrgan, light, a file)
     seed: int = 0  # of the degradation
     lr_only: bool = False  # the folders hold inputs, no HR (needs reference "teacher")
+
+
+@dataclass
+class ModelEntry:
+    """One model an eval scores: its shown name, the runnable, its role (baseline, teacher, student),
+    its format and its file."""
+
+    name: str
+    model: Any
+    role: str
+    format: str
+    path: str | None = None
 
 
 @dataclass

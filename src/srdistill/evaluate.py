@@ -25,22 +25,20 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from .comparison import (COMPARISON_GAP_TOLERANCE, COMPARISON_WINDOW, _error_map,  # noqa: F401
-                         _make_comparison, _window_grid)
+from .comparison import COMPARISON_WINDOW, error_map, make_comparison, window_grid
 from .data.datasets import find_lr_dir, load_eval_pairs
 from .data.degrade import load_degradation
 from .data.resize import imresize_uint8
 from .devices import resolve_device
 from .errors import SrDistillError, UsageError
-from .eval_report import (MAX_BENCH_SIZE, EvalOptions, EvalReport, ModelRow, _check_int,  # noqa: F401
-                          dataset_name, parse_crop, parse_psnr_thresholds)
+from .eval_report import (MAX_BENCH_SIZE, EvalOptions, EvalReport, ModelEntry, ModelRow, check_int, dataset_name,
+                          parse_crop, parse_psnr_thresholds)
 from .fileio import check_writable
 from .metrics import psnr, quantize_u8, ssim, to_uint8
 from .models.loading import SRModel
@@ -130,15 +128,6 @@ class BicubicBaseline:
 
 
 # --------------------------------------------------------------------------- options
-
-
-@dataclass
-class _Entry:
-    name: str
-    model: Any
-    role: str
-    format: str
-    path: str | None = None
 
 
 def _format_of(model: Any) -> str:
@@ -236,7 +225,7 @@ class _Evaluation:
         bench_info = self.benchmark() if self.opts.benchmark else None
         comparison = None
         if self.comparison_path is not None:
-            comparison = _make_comparison(self.comparison_path, self.rows_spec, self.rows, self.datasets[0],
+            comparison = make_comparison(self.comparison_path, self.rows_spec, self.rows, self.datasets[0],
                                           self.crop, self.grids, self.scale, self.device, self.tile,
                                           self.opts, self.rep)
         gate = self.quality_gate()
@@ -256,12 +245,12 @@ class _Evaluation:
         opts = self.opts
         self.crop = parse_crop(opts.crop) if opts.crop is not None else None
         self.thresholds = parse_psnr_thresholds(opts.fail_under_psnr)
-        _check_int("--scale", opts.scale, 1)
-        _check_int("--crop-border", opts.crop_border, 0)
+        check_int("--scale", opts.scale, 1)
+        check_int("--crop-border", opts.crop_border, 0)
         self.tile = parse_tile(opts.tile, allow_auto=False)
-        self.bench_size = _check_int("--bench-size", opts.bench_size, 1, allow_none=False, maximum=MAX_BENCH_SIZE)
-        self.repeats = _check_int("--repeats", opts.bench_repeats, 1, allow_none=False, maximum=10_000)
-        self.threads = _check_int("--threads", opts.threads, 1, maximum=4096)
+        self.bench_size = check_int("--bench-size", opts.bench_size, 1, allow_none=False, maximum=MAX_BENCH_SIZE)
+        self.repeats = check_int("--repeats", opts.bench_repeats, 1, allow_none=False, maximum=10_000)
+        self.threads = check_int("--threads", opts.threads, 1, maximum=4096)
         opts.runtime = check_runtime_name(opts.runtime)
         self.deg = _check_reference_options(opts)
         if not opts.data:
@@ -298,7 +287,7 @@ class _Evaluation:
                              hint="give the teacher as the first model, or pass --teacher FILE")
         loaded = [_load(s, self.device, self.threads, opts, self.rep) for s in specs]
         names = _unique([_model_name(m, p) for m, p in loaded])
-        entries = [_Entry(name, model, "teacher" if i == teacher_index else "student", _format_of(model), path)
+        entries = [ModelEntry(name, model, "teacher" if i == teacher_index else "student", _format_of(model), path)
                    for i, ((model, path), name) in enumerate(zip(loaded, names))]
         if teacher_index is not None:  # the teacher comes first after the baseline
             entries.insert(0, entries.pop(teacher_index))
@@ -343,7 +332,7 @@ class _Evaluation:
             if x + cw > w or y + ch > h:
                 raise UsageError(f"--crop {x},{y},{cw},{ch} does not fit in {self.datasets[0]['name']}/{first.name} "
                                  f"({w}x{h} HR pixels after cropping to a multiple of the scale)")
-        self.rows_spec: list[_Entry] = [_Entry("bicubic", BicubicBaseline(self.scale), "baseline", "bicubic")]
+        self.rows_spec: list[ModelEntry] = [ModelEntry("bicubic", BicubicBaseline(self.scale), "baseline", "bicubic")]
         for e in self.entries:
             if e.name == "bicubic":
                 e.name = "bicubic (model)"
@@ -385,7 +374,7 @@ class _Evaluation:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def score_one(self, ri: int, e: "_Entry", row: ModelRow, di: int, ds: dict) -> dict:
+    def score_one(self, ri: int, e: "ModelEntry", row: ModelRow, di: int, ds: dict) -> dict:
         """One model on one dataset (saving outputs and comparison windows on the way)."""
         opts, paths = self.opts, self.save_plan.get((ri, di))
         if opts.reference == "teacher" and e.role == "teacher":  # the reference itself: not run twice
@@ -398,9 +387,9 @@ class _Evaluation:
                 save_png(paths[i], sr, overwrite=opts.overwrite)
             if self.auto_window and di == 0:
                 h, w = sr.shape[:2]
-                err = _error_map(sr, pair.hr[:h, :w], opts.y_channel)
+                err = error_map(sr, pair.hr[:h, :w], opts.y_channel)
                 region = (self.crop_border, self.crop_border, h - self.crop_border, w - self.crop_border)
-                self.grids.setdefault(ri, {})[i] = _window_grid(err, self.win, region)
+                self.grids.setdefault(ri, {})[i] = window_grid(err, self.win, region)
 
         with self.rep.task(f"{e.name} on {ds['name']}", total=len(ds["pairs"])) as task:
             res = score_pairs(e.model, ds["pairs"], self.scale, device=self.device, crop_border=self.crop_border,
@@ -491,7 +480,7 @@ def _check_reference_options(opts: EvalOptions):
     opts.reference = str(opts.reference or "hr").strip().lower()
     if opts.reference not in ("hr", "teacher"):
         raise UsageError(f"unknown --reference {opts.reference!r}", hint="use hr (ground truth) or teacher")
-    _check_int("--seed", opts.seed, 0, allow_none=False)
+    check_int("--seed", opts.seed, 0, allow_none=False)
     if opts.lr_only and opts.reference != "teacher":
         raise UsageError("--lr-only folders have no ground truth to score against",
                          hint="add --reference teacher (scores are then fidelity to the teacher)")
@@ -502,7 +491,7 @@ def _check_reference_options(opts: EvalOptions):
     return deg
 
 
-def _load_dataset(d: Any, name: str, scale: int, crop_border: int, opts: EvalOptions, deg, teacher: "_Entry | None",
+def _load_dataset(d: Any, name: str, scale: int, crop_border: int, opts: EvalOptions, deg, teacher: "ModelEntry | None",
                   device: torch.device, tile: int | None, rep: Reporter) -> dict:
     """One dataset's input/reference pairs: HR folders or paired layouts (LR made as papers do, or
     degraded with ``--degradation``), or with ``--lr-only`` the folder's images as inputs; with

@@ -37,7 +37,7 @@ from .fileio import check_path_length
 from .progress import NULL, Reporter, Task
 from .runner import Runner
 from .upscale_pipeline import Outcome, run_pipeline
-from .upscale_plan import _output_mode, _Plan, plan_outputs  # noqa: F401  (output planning: its own module)
+from .upscale_plan import output_mode, plan_outputs
 from .tiling import is_oom_error, parse_tile as _parse_tile
 
 __all__ = [
@@ -476,7 +476,7 @@ def upscale_files(inputs: Iterable[str | os.PathLike], options: UpscaleOptions |
     t_start = time.monotonic()
     files = list_images(ins, opts.recursive)
     # fail fast on -o misuse before loading the model
-    _output_mode(ins, len(files), None if opts.output is None else os.fspath(opts.output))
+    output_mode(ins, len(files), None if opts.output is None else os.fspath(opts.output))
 
     saved_threads = torch.get_num_threads()
     if opts.threads:

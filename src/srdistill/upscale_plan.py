@@ -6,13 +6,20 @@ import glob as _glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .data.images import IMAGE_EXTENSIONS, WRITE_FORMATS, output_format
 from .errors import UsageError
 
-if TYPE_CHECKING:
-    from .upscale import UpscaleOptions
+
+class OutputOptions(Protocol):
+    """What planning the outputs reads of :class:`srdistill.upscale.UpscaleOptions` (a protocol, so this
+    module need not import the one that imports it)."""
+
+    output: str | os.PathLike | None
+    outscale: float | None
+    suffix: str | None
+    ext: str | None
 
 
 def _key(p: Path) -> str:
@@ -60,7 +67,7 @@ def _dir_like(s: str) -> bool:
     return s.endswith("/") or s.endswith(os.sep) or (os.altsep is not None and s.endswith(os.altsep))
 
 
-def _output_mode(inputs: list[str], n_files: int, output: str | None) -> str:
+def output_mode(inputs: list[str], n_files: int, output: str | None) -> str:
     """"beside" (no -o), "file" (-o names the one output file) or "folder"."""
     if output is None:
         return "beside"
@@ -95,11 +102,11 @@ class _Plan:
     dropped: list[tuple[Path, Path]]  # (input left out, the input whose output it is)
 
 
-def plan_outputs(inputs: list[str], files: list[Path], opts: UpscaleOptions, scale: int) -> _Plan:
+def plan_outputs(inputs: list[str], files: list[Path], opts: OutputOptions, scale: int) -> _Plan:
     """Every input's output path, checked before any work (UsageError on conflicts)."""
     outscale = float(scale) if opts.outscale is None else opts.outscale
     suffix = opts.suffix if opts.suffix is not None else f"_x{outscale:g}"
-    mode = _output_mode(inputs, len(files), None if opts.output is None else os.fspath(opts.output))
+    mode = output_mode(inputs, len(files), None if opts.output is None else os.fspath(opts.output))
     pairs: list[tuple[Path, Path]] = []
     if mode == "file":
         dst = Path(os.fspath(opts.output))

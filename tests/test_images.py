@@ -212,8 +212,8 @@ def test_png_codec_round_trips_every_filter(h, w, c, depth, filt, seed):
     rng = np.random.default_rng(seed)
     a = rng.integers(0, 256 if depth == 8 else 65536, size=(h, w, c)).astype(np.uint8 if depth == 8 else np.uint16)
     buf = io.BytesIO()
-    I._write_png(buf, a, filter_type=filt)
-    np.testing.assert_array_equal(I._decode_png(buf.getvalue()).pixels, a)
+    I.write_png(buf, a, filter_type=filt)
+    np.testing.assert_array_equal(I.decode_png(buf.getvalue()).pixels, a)
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
@@ -222,7 +222,7 @@ def test_png_decoder_matches_pillow_on_pillow_filtered_files(mode):
     a = np.cumsum(u8((31, 45, len(mode))), axis=1).astype(np.uint8)
     buf = io.BytesIO()
     PILImage.fromarray(a if len(mode) > 1 else a[:, :, 0]).save(buf, "PNG")
-    np.testing.assert_array_equal(I._decode_png(buf.getvalue()).pixels.reshape(a.shape), a)
+    np.testing.assert_array_equal(I.decode_png(buf.getvalue()).pixels.reshape(a.shape), a)
 
 
 def test_webp_tiff_bmp_jpeg_round_trips(tmp_path):
@@ -492,7 +492,7 @@ def test_failed_encode_leaves_no_file_behind(tmp_path, monkeypatch, bits):
         raise ValueError("boom")
 
     monkeypatch.setattr(PILImage.Image, "save", broken)
-    monkeypatch.setattr(I, "_write_png", broken_png)
+    monkeypatch.setattr(I, "write_png", broken_png)
     img = Image(rgb=np.zeros((4, 4, 3), np.float32), bit_depth=bits)
     with pytest.raises(ImageError, match="o.png"):
         write_image(tmp_path / "o.png", img)

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from srdistill.errors import SrDistillError, UsageError
 from srdistill.progress import RecordingReporter
 from srdistill.tiling import (
-    _axis_weights,
     auto_tile,
+    axis_weights,
     initial_tile_size,
     is_oom_error,
     pad_to_requirements,
@@ -94,7 +94,7 @@ def test_tile_weights_cover_the_image_and_ignore_cut_edges(length, tile, overlap
     assert all(a < b <= a + tile for a, b in spans) and all(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1))
     total = torch.zeros(length * scale)
     for a, b in spans:
-        lo, hi, w = _axis_weights(a, b, length, overlap, scale)
+        lo, hi, w = axis_weights(a, b, length, overlap, scale)
         assert lo == max(0, a - overlap) and hi == min(length, b + overlap)
         assert w.shape == ((hi - lo) * scale,) and (w >= 0).all() and (w <= 1).all()
         total[lo * scale : hi * scale] += w

@@ -141,7 +141,7 @@ def _run(
     return y[..., : h * scale, : w * scale]
 
 
-def _axis_weights(start: int, end: int, length: int, overlap: int, scale: int) -> tuple[int, int, torch.Tensor]:
+def axis_weights(start: int, end: int, length: int, overlap: int, scale: int) -> tuple[int, int, torch.Tensor]:
     """LR input span [lo, hi) of a tile with core [start, end), and its weight per SR pixel."""
     lo, hi = max(0, start - overlap), min(length, end + overlap)
     q = (torch.arange(lo * scale, hi * scale, dtype=torch.float64) + 0.5) / scale  # SR pixel centres, LR units
@@ -180,8 +180,8 @@ def _tiled(
     if len(rows) == 1 and len(cols) == 1:
         y = _run(fn, x, scale, min_size, multiple_of, square, device)
         return y.to(out_device, torch.float32).contiguous()
-    wy = [(lo, hi, wt.to(out_device)) for lo, hi, wt in (_axis_weights(a, b, h, overlap, scale) for a, b in rows)]
-    wx = [(lo, hi, wt.to(out_device)) for lo, hi, wt in (_axis_weights(a, b, w, overlap, scale) for a, b in cols)]
+    wy = [(lo, hi, wt.to(out_device)) for lo, hi, wt in (axis_weights(a, b, h, overlap, scale) for a, b in rows)]
+    wx = [(lo, hi, wt.to(out_device)) for lo, hi, wt in (axis_weights(a, b, w, overlap, scale) for a, b in cols)]
     sum_y = torch.zeros(h * scale, device=out_device)
     sum_x = torch.zeros(w * scale, device=out_device)
     for lo, hi, wt in wy:

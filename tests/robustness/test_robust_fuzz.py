@@ -191,10 +191,10 @@ def _seed_images() -> dict[str, bytes]:
     pal = PILImage.fromarray(rgb).convert("P", palette=PILImage.Palette.ADAPTIVE, colors=8)
     save("palette_trns.png", pal, "PNG", transparency=0)
     save("gray16.png", PILImage.fromarray((rgb[..., 0].astype(np.uint16) * 257)), "PNG")
-    from srdistill.data.images import _write_png
+    from srdistill.data.png16 import write_png
 
     buf = io.BytesIO()
-    _write_png(buf, rgb.astype(np.uint16) * 257)  # 16-bit RGB: srdistill's own PNG decoder reads it
+    write_png(buf, rgb.astype(np.uint16) * 257)  # 16-bit RGB: srdistill's own PNG decoder reads it
     out["rgb16.png"] = buf.getvalue()
     save("rgb.jpg", PILImage.fromarray(rgb), "JPEG", quality=90)
     save("cmyk.jpg", PILImage.fromarray(rgb).convert("CMYK"), "JPEG")

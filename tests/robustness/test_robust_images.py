@@ -136,7 +136,7 @@ def bad_and_odd_images(d: Path) -> dict[str, tuple[Path, str]]:
     pal.save(d / "palette_transparent.png", transparency=0)
     PILImage.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(d / "gray16.png")
     with open(d / "rgba16.png", "wb") as f:
-        images_mod._write_png(f, np.dstack([rgb, rgb[..., :1]]).astype(np.uint16) * 257)
+        images_mod.write_png(f, np.dstack([rgb, rgb[..., :1]]).astype(np.uint16) * 257)
     frames = [PILImage.fromarray(np.roll(rgb, 3 * i, axis=1)).convert("P") for i in range(3)]
     frames[0].save(d / "animated.gif", save_all=True, append_images=frames[1:], duration=50)
     return out
@@ -154,7 +154,7 @@ def odd(tmp_path_factory):
 def test_reader_gives_a_result_or_one_clear_error_and_never_decodes_a_bomb(odd, tally, monkeypatch):
     _, files = odd
     decoded: list[str] = []
-    real_load, real_decode = ImageFile.ImageFile.load, images_mod._decode_png
+    real_load, real_decode = ImageFile.ImageFile.load, images_mod.decode_png
 
     def spy_load(self, *a, **k):
         decoded.append(getattr(self, "filename", "?") or "?")
@@ -165,7 +165,7 @@ def test_reader_gives_a_result_or_one_clear_error_and_never_decodes_a_bomb(odd, 
         return real_decode(data)
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", spy_load)
-    monkeypatch.setattr(images_mod, "_decode_png", spy_decode)
+    monkeypatch.setattr(images_mod, "decode_png", spy_decode)
     for name, (p, expect) in files.items():
         with tally.case(CATEGORY, f"read {name}"):
             rep = RecordingReporter()

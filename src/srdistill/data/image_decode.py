@@ -14,14 +14,14 @@ from PIL import Image as PILImage
 
 from ..errors import ImageError
 from ..progress import Reporter
-from .image_type import _ORIENTATION_TAG, _READ_FORMATS, Image
-from .png16 import _Png
+from .image_type import ORIENTATION_TAG, READ_FORMATS, Image
+from .png16 import Png
 
 _PIL_LIMIT_LOCK = threading.Lock()
-_read_formats: tuple[str, ...] | None = None  # _READ_FORMATS this Pillow has, found on first use
+_read_formats: tuple[str, ...] | None = None  # READ_FORMATS this Pillow has, found on first use
 
 
-def _open_pil(f: BinaryIO) -> PILImage.Image:
+def open_pil(f: BinaryIO) -> PILImage.Image:
     """``PIL.Image.open`` (lazy: reads the header only) with Pillow's own bomb check off.
 
     We compare the header size with ``max_pixels`` ourselves, so that the limit is the
@@ -32,7 +32,7 @@ def _open_pil(f: BinaryIO) -> PILImage.Image:
     with _PIL_LIMIT_LOCK:
         if _read_formats is None:
             PILImage.init()
-            _read_formats = tuple(f for f in _READ_FORMATS if f in PILImage.OPEN)
+            _read_formats = tuple(f for f in READ_FORMATS if f in PILImage.OPEN)
         saved = PILImage.MAX_IMAGE_PIXELS
         PILImage.MAX_IMAGE_PIXELS = None
         try:
@@ -46,7 +46,7 @@ def _fmt_mp(n: float) -> str:
     return f"{mp:.0f}" if mp >= 10 else f"{mp:.3g}"
 
 
-def _check_pixels(name: str, w: int, h: int, max_pixels: int | None) -> None:
+def check_pixels(name: str, w: int, h: int, max_pixels: int | None) -> None:
     if w <= 0 or h <= 0:
         raise ImageError(f"cannot read image {name!r}: it has zero size ({w}x{h})")
     if max_pixels and w * h > max_pixels:
@@ -56,7 +56,7 @@ def _check_pixels(name: str, w: int, h: int, max_pixels: int | None) -> None:
         )
 
 
-def _describe(e: BaseException) -> str:
+def describe_error(e: BaseException) -> str:
     msg = " ".join(str(e).split())
     low = msg.lower()
     if isinstance(e, EOFError) or "truncated" in low or "premature end" in low:
@@ -66,7 +66,7 @@ def _describe(e: BaseException) -> str:
     return f"the file is corrupt or not a supported image ({msg or type(e).__name__})"
 
 
-_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+DECODE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     SyntaxError,  # Pillow's PNG plugin raises it for broken chunks
     ValueError,
@@ -82,7 +82,7 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _image_from_pil(im: PILImage.Image, path: Path, rep: Reporter) -> Image:
+def image_from_pil(im: PILImage.Image, path: Path, rep: Reporter) -> Image:
     mode = im.mode
     info = im.info
     icc = info.get("icc_profile") or None
@@ -142,7 +142,7 @@ def _image_from_pil(im: PILImage.Image, path: Path, rep: Reporter) -> Image:
     orientation = 1
     exif = info.get("exif") or None
     try:
-        orientation = int(im.getexif().get(_ORIENTATION_TAG, 1) or 1)
+        orientation = int(im.getexif().get(ORIENTATION_TAG, 1) or 1)
     except Exception:  # a broken EXIF block is no reason to refuse the pixels
         rep.warn(f"{path}: unreadable EXIF data ignored")
         exif = None
@@ -225,7 +225,7 @@ def _exif_reset_orientation(raw: bytes) -> bytes:
         for i in range(n):
             off = ifd + 2 + 12 * i
             tag, typ, count = struct.unpack(e + "HHI", data[off : off + 8])
-            if tag == _ORIENTATION_TAG:
+            if tag == ORIENTATION_TAG:
                 if typ == 3 and count == 1:
                     b = bytearray(data)
                     b[off + 8 : off + 10] = struct.pack(e + "H", 1)
@@ -236,7 +236,7 @@ def _exif_reset_orientation(raw: bytes) -> bytes:
     return raw
 
 
-def _image_from_png16(png: "_Png", path: Path, rep: Reporter) -> Image:
+def image_from_png16(png: "Png", path: Path, rep: Reporter) -> Image:
     px = png.pixels.astype(np.float32) / 65535.0
     c = px.shape[2]
     alpha = None
@@ -250,7 +250,7 @@ def _image_from_png16(png: "_Png", path: Path, rep: Reporter) -> Image:
         try:
             ex = PILImage.Exif()
             ex.load(png.exif)
-            orientation = int(ex.get(_ORIENTATION_TAG, 1) or 1)
+            orientation = int(ex.get(ORIENTATION_TAG, 1) or 1)
         except Exception:
             rep.warn(f"{path}: unreadable EXIF data ignored")
     mode = {1: "I;16", 2: "LA;16", 3: "RGB;16", 4: "RGBA;16"}[png.pixels.shape[2]]

@@ -43,10 +43,10 @@ DEFAULT_MAX_PIXELS = 178_956_970
 # Formats we let Pillow try. Leaving out the rest (EPS runs Ghostscript, ...) keeps
 # the attack surface of "open whatever the user points at" small.
 # (JPEG also opens MPO; names this Pillow lacks are dropped on first use.)
-_READ_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "DIB", "TIFF", "GIF", "PPM", "TGA", "AVIF", "QOI")
+READ_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "DIB", "TIFF", "GIF", "PPM", "TGA", "AVIF", "QOI")
 
-_ORIENTATION_TAG = 0x0112
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL's convert("L")
+ORIENTATION_TAG = 0x0112
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL's convert("L")
 
 
 @dataclass
@@ -121,7 +121,7 @@ class Image:
         Without ``alpha``, this image's alpha is kept, resized (bicubic) when the size
         changed, so an upscaled RGBA image stays RGBA.
         """
-        arr = _to_hwc(pixels)
+        arr = to_hwc(pixels)
         if arr.shape[2] == 4:
             if alpha is None:
                 alpha = arr[:, :, 3:]
@@ -133,13 +133,13 @@ class Image:
         if arr.shape[2] not in (1, 3):
             raise ValueError(f"with_pixels: expected 1, 3 or 4 channels, got {arr.shape[2]}")
         if self.grayscale and arr.shape[2] == 3:
-            arr = np.clip(arr @ _LUMA, 0.0, 1.0)[:, :, None].astype(np.float32)
+            arr = np.clip(arr @ LUMA, 0.0, 1.0)[:, :, None].astype(np.float32)
         elif not self.grayscale and arr.shape[2] == 1:
             arr = np.repeat(arr, 3, axis=2)
         h, w = arr.shape[:2]
         a: np.ndarray | None
         if alpha is not None:
-            a = _to_hwc(alpha)
+            a = to_hwc(alpha)
             if a.shape[2] != 1:
                 a = a.mean(axis=2, keepdims=True)
             if a.shape[:2] != (h, w):
@@ -160,7 +160,7 @@ class Image:
         )
 
 
-def _to_hwc(x: Any) -> np.ndarray:
+def to_hwc(x: Any) -> np.ndarray:
     """numpy/torch pixels -> H×W×C float32 in [0, 1] (NaN -> 0)."""
     if hasattr(x, "detach") and hasattr(x, "permute"):  # torch.Tensor, without importing torch
         t = x.detach()

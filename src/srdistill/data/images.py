@@ -38,11 +38,10 @@ from ..progress import NULL, Reporter
 
 # the 16-bit PNG codec lives in png16.py; read_image and write_image look these names up here,
 # so tests can wrap them
-from .png16 import _Png, _PngError, _decode_png, _png_data_shortfall, _png_ihdr, _write_png  # noqa: F401
-from .image_type import (_LUMA, _ORIENTATION_TAG, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS,  # noqa: F401
-                         WRITE_FORMATS, Image, _to_hwc, quantize_u8)
-from .image_decode import (_DECODE_ERRORS, _check_pixels, _describe, _image_from_pil,  # noqa: F401
-                           _image_from_png16, _open_pil)
+from .png16 import PngError, decode_png, png_data_shortfall, png_ihdr, write_png
+from .image_type import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, WRITE_FORMATS, Image,
+                         quantize_u8)
+from .image_decode import DECODE_ERRORS, check_pixels, describe_error, image_from_pil, image_from_png16, open_pil
 from .image_files import list_images, scan_folder  # noqa: F401
 
 
@@ -77,13 +76,13 @@ def _open_checked(p: Path, fail) -> BinaryIO:
 def _png_checks(f: BinaryIO, head: bytes, fmt: str, w: int, h: int, name: str, fail, rep: Reporter):
     """PNG only: refuse a short data stream (Pillow would fill it with black); a decoded 16-bit
     colour / gray+alpha PNG at full precision, or None for Pillow to read."""
-    ihdr = _png_ihdr(head) if fmt == "PNG" else None
+    ihdr = png_ihdr(head) if fmt == "PNG" else None
     if ihdr is None:
         return None
     # Pillow fills rows missing from a complete-but-short data stream with black, silently:
     # a corrupt file would pass as an image, and a few hundred bytes could claim 100+ MP
     try:
-        short = _png_data_shortfall(f, ihdr)
+        short = png_data_shortfall(f, ihdr)
     except (zlib.error, struct.error, OSError) as e:
         fail(f"the file is corrupt (bad compressed image data: {' '.join(str(e).split())})", e)
     if short is not None:
@@ -93,11 +92,11 @@ def _png_checks(f: BinaryIO, head: bytes, fmt: str, w: int, h: int, name: str, f
     if ihdr[2] == 16 and ihdr[3] in (2, 4, 6):
         if ihdr[4] == 0:  # not interlaced: decode ourselves at full precision
             try:
-                return _decode_png(f.read())
-            except _PngError as e:
+                return decode_png(f.read())
+            except PngError as e:
                 fail(str(e), e)
-            except _DECODE_ERRORS as e:
-                fail(_describe(e), e)
+            except DECODE_ERRORS as e:
+                fail(describe_error(e), e)
         rep.warn(f"{name} is an interlaced 16-bit PNG; reading it at 8 bits per channel")
     return None
 
@@ -126,22 +125,22 @@ def read_image(
         head = f.read(64)
         f.seek(0)
         try:
-            im = _open_pil(f)
+            im = open_pil(f)
         except UnidentifiedImageError as e:
             fail("not an image file, or not a format srdistill reads (PNG, JPEG, WebP, BMP, TIFF, GIF)", e)
-        except _DECODE_ERRORS as e:
-            fail(_describe(e), e)
+        except DECODE_ERRORS as e:
+            fail(describe_error(e), e)
         with im:
             w, h = im.size
-            _check_pixels(name, w, h, max_pixels)
+            check_pixels(name, w, h, max_pixels)
             fmt = im.format or ""
             try:  # counting frames reads past the first one: a damaged later frame raises here
                 frames = int(getattr(im, "n_frames", 1) or 1)
-            except _DECODE_ERRORS:
+            except DECODE_ERRORS:
                 try:
                     im.seek(0)
-                except _DECODE_ERRORS as e:
-                    fail(_describe(e), e)
+                except DECODE_ERRORS as e:
+                    fail(describe_error(e), e)
                 frames = 1
                 rep.warn(f"{name}: frames after the first are damaged; using the first one only")
             if frames > 1 and fmt != "MPO":  # MPO: camera JPEGs with an embedded preview
@@ -150,15 +149,15 @@ def read_image(
 
             png16 = _png_checks(f, head, fmt, w, h, name, fail, rep)
             if png16 is not None:
-                return _image_from_png16(png16, p, rep)
+                return image_from_png16(png16, p, rep)
             try:
                 im.load()
-            except _DECODE_ERRORS as e:
-                fail(_describe(e), e)
+            except DECODE_ERRORS as e:
+                fail(describe_error(e), e)
             try:
-                return _image_from_pil(im, p, rep)
+                return image_from_pil(im, p, rep)
             except (OSError, MemoryError, PILImage.DecompressionBombError) as e:
-                fail(_describe(e), e)
+                fail(describe_error(e), e)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -262,7 +261,7 @@ def write_image(
         try:
             with open(tmp, "wb") as f:
                 if own_png:
-                    _write_png(f, pixels, icc=icc, exif=exif, compress_level=int(png_level))
+                    write_png(f, pixels, icc=icc, exif=exif, compress_level=int(png_level))
                 else:
                     assert pil_im is not None
                     # encode in memory, then write with Python's file I/O: given a descriptor, Pillow's C

@@ -23,19 +23,19 @@ _PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel
 _PNG_COLOR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # samples per pixel -> colour type
 
 
-class _PngError(ValueError):
+class PngError(ValueError):
     pass
 
 
 @dataclass
-class _Png:
+class Png:
     pixels: np.ndarray  # H×W×C uint16 (or uint8 for 8-bit files)
     icc: bytes | None = None
     exif: bytes | None = None
     trns: bytes | None = None
 
 
-def _png_ihdr(head: bytes) -> tuple[int, int, int, int, int] | None:
+def png_ihdr(head: bytes) -> tuple[int, int, int, int, int] | None:
     """(width, height, bit depth, colour type, interlace) from a PNG's first bytes."""
     if len(head) < 29 or not head.startswith(_PNG_SIG) or head[12:16] != b"IHDR":
         return None
@@ -48,7 +48,7 @@ _PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixe
 _DEFLATE_MAX_RATIO = 1100  # deflate cannot expand more than ~1032:1
 
 
-def _png_data_shortfall(f: BinaryIO, ihdr: tuple[int, int, int, int, int]) -> tuple[int, int] | None:
+def png_data_shortfall(f: BinaryIO, ihdr: tuple[int, int, int, int, int]) -> tuple[int, int] | None:
     """(bytes found, bytes needed) when a PNG's image data cannot fill its declared size, else None.
 
     Walks the chunks, first comparing the compressed size with the most it could
@@ -101,27 +101,27 @@ def _png_data_shortfall(f: BinaryIO, ihdr: tuple[int, int, int, int, int]) -> tu
     return None if got >= need else (got, need)
 
 
-def _decode_png(data: bytes) -> _Png:
+def decode_png(data: bytes) -> Png:
     """Decode a non-interlaced, non-palette PNG of bit depth 8 or 16 (colour types 0, 2, 4, 6)."""
     if not data.startswith(_PNG_SIG):
-        raise _PngError("not a PNG file")
+        raise PngError("not a PNG file")
     pos, n = 8, len(data)
     ihdr = None
     idat: list[bytes] = []
     icc = exif = trns = None
     while pos < n:
         if pos + 8 > n:
-            raise _PngError("the file is truncated (cut inside a chunk header)")
+            raise PngError("the file is truncated (cut inside a chunk header)")
         length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
         end = pos + 8 + length
         if end + 4 > n:
             name = ctype.decode("latin-1", "replace")
-            raise _PngError(f"the file is truncated (cut inside the {name} chunk)")
+            raise PngError(f"the file is truncated (cut inside the {name} chunk)")
         body = data[pos + 8 : end]
         (crc,) = struct.unpack(">I", data[end : end + 4])
         if zlib.crc32(ctype + body) & 0xFFFFFFFF != crc:
             name = ctype.decode("latin-1", "replace")
-            raise _PngError(f"the file is corrupt (checksum mismatch in the {name} chunk)")
+            raise PngError(f"the file is corrupt (checksum mismatch in the {name} chunk)")
         pos = end + 4
         if ctype == b"IHDR":
             ihdr = struct.unpack(">IIBBBBB", body[:13])
@@ -140,12 +140,12 @@ def _decode_png(data: bytes) -> _Png:
         elif ctype == b"IEND":
             break
     if ihdr is None:
-        raise _PngError("the file is corrupt (no IHDR chunk)")
+        raise PngError("the file is corrupt (no IHDR chunk)")
     w, h, depth, ct, comp, filt, interlace = ihdr
     if depth not in (8, 16) or ct not in _PNG_CHANNELS or comp != 0 or filt != 0 or interlace != 0:
-        raise _PngError(f"unsupported PNG layout (bit depth {depth}, colour type {ct}, interlace {interlace})")
+        raise PngError(f"unsupported PNG layout (bit depth {depth}, colour type {ct}, interlace {interlace})")
     if not idat:
-        raise _PngError("the file is truncated (no image data)")
+        raise PngError("the file is truncated (no image data)")
     c = _PNG_CHANNELS[ct]
     bpp = c * depth // 8
     stride = w * bpp
@@ -154,14 +154,14 @@ def _decode_png(data: bytes) -> _Png:
     try:
         raw = d.decompress(b"".join(idat), expected)
     except zlib.error as e:
-        raise _PngError(f"the file is corrupt (bad compressed data: {e})") from e
+        raise PngError(f"the file is corrupt (bad compressed data: {e})") from e
     if len(raw) < expected:
-        raise _PngError("the file is truncated (image data ends early)")
+        raise PngError("the file is truncated (image data ends early)")
     rows = np.frombuffer(raw, dtype=np.uint8).reshape(h, stride + 1)
     recon = _unfilter(rows[:, 0].copy(), rows[:, 1:].reshape(h, w, bpp))
     dt = np.dtype(">u2") if depth == 16 else np.dtype(np.uint8)
     px = recon.reshape(h, stride).view(dt).reshape(h, w, c)
-    return _Png(pixels=px.astype(np.uint16 if depth == 16 else np.uint8), icc=icc, exif=exif, trns=trns)
+    return Png(pixels=px.astype(np.uint16 if depth == 16 else np.uint8), icc=icc, exif=exif, trns=trns)
 
 
 def _paeth(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -181,7 +181,7 @@ def _unfilter(ft: np.ndarray, filt: np.ndarray) -> np.ndarray:
     """
     h, w, bpp = filt.shape
     if ft.size and int(ft.max()) > 4:
-        raise _PngError(f"the file is corrupt (unknown row filter {int(ft.max())})")
+        raise PngError(f"the file is corrupt (unknown row filter {int(ft.max())})")
     if not np.isin(ft, (3, 4)).any():
         out = np.empty_like(filt)
         prev = np.zeros((w, bpp), dtype=np.uint8)
@@ -250,7 +250,7 @@ def _filter_rows(cur: np.ndarray, prev: np.ndarray, bpp: int, force: int | None)
     return out
 
 
-def _write_png(
+def write_png(
     f: BinaryIO,
     pixels: np.ndarray,
     *,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from .errors import UsageError
+from .errors import UsageError, nonempty
 
 
 def resolve_device(name: str | None) -> torch.device:
     """auto (CUDA when present, else CPU), cpu, cuda or cuda:N -> a torch.device, or a UsageError."""
-    name = (name or "auto").strip().lower()
+    name = (nonempty("--device", name, "auto, cpu, cuda or cuda:N") or "auto").strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":

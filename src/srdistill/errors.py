@@ -98,6 +98,14 @@ def shown(value, limit: int = SHOWN_LIMIT) -> str:
     return text
 
 
+def nonempty(flag: str, value, choices: str | None = None):
+    """``value`` of a text option, refused when it was given empty or blank (``--init ''``): an empty
+    value is a mistake (an unset shell variable, a stray quote), never the option's default."""
+    if isinstance(value, str) and not value.strip():
+        raise UsageError(f"{flag} cannot be empty", hint=f"use {choices}" if choices else None)
+    return value
+
+
 def debug_enabled() -> bool:
     """``SRDISTILL_DEBUG=1``: tracebacks instead of one-line errors (library and CLI alike)."""
     return os.environ.get("SRDISTILL_DEBUG", "") not in ("", "0")

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import QualityGateError, UsageError
+from .errors import QualityGateError, UsageError, shown
 
 
 def parse_crop(value: Any) -> tuple[int, int, int, int]:
@@ -102,9 +102,9 @@ def check_int(name: str, value: Any, minimum: int, allow_none: bool = True, maxi
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise UsageError(f"invalid {name} {value!r}: expected an integer >= {minimum}")
+        raise UsageError(f"invalid {name} {shown(value)}: expected an integer >= {minimum}")
     if maximum is not None and value > maximum:
-        raise UsageError(f"invalid {name} {value!r}: expected at most {maximum}")
+        raise UsageError(f"invalid {name} {shown(value)}: expected at most {maximum}")
     return int(value)
 
 

@@ -36,7 +36,7 @@ from .data.datasets import find_lr_dir, load_eval_pairs
 from .data.degrade import load_degradation
 from .data.resize import imresize_uint8
 from .devices import resolve_device
-from .errors import SrDistillError, UsageError
+from .errors import SrDistillError, UsageError, nonempty
 from .eval_report import (MAX_BENCH_SIZE, EvalOptions, EvalReport, ModelEntry, ModelRow, check_int, dataset_name,
                           parse_crop, parse_psnr_thresholds)
 from .fileio import check_writable
@@ -477,10 +477,11 @@ class _Evaluation:
 
 def _check_reference_options(opts: EvalOptions):
     """--reference / --degradation / --lr-only / --seed, checked before anything is loaded."""
-    opts.reference = str(opts.reference or "hr").strip().lower()
+    nonempty("--degradation", opts.degradation, "realesrgan, light or a file, or leave it out")
+    opts.reference = str(nonempty("--reference", opts.reference, "hr or teacher") or "hr").strip().lower()
     if opts.reference not in ("hr", "teacher"):
         raise UsageError(f"unknown --reference {opts.reference!r}", hint="use hr (ground truth) or teacher")
-    check_int("--seed", opts.seed, 0, allow_none=False)
+    check_int("--seed", opts.seed, 0, allow_none=False, maximum=2**32 - 1)  # distill's --seed range
     if opts.lr_only and opts.reference != "teacher":
         raise UsageError("--lr-only folders have no ground truth to score against",
                          hint="add --reference teacher (scores are then fidelity to the teacher)")
@@ -489,6 +490,26 @@ def _check_reference_options(opts: EvalOptions):
         raise UsageError("--degradation makes inputs from HR images; --lr-only folders are inputs already",
                          hint="drop one of them")
     return deg
+
+
+def _scorable(pairs: list, scale: int, crop_border: int, lr_only: bool, rep: Reporter, skipped: list[str]) -> list:
+    """The pairs whose scored image (the HR, or an LR-only input's output) keeps 11x11 pixels inside the
+    border (SSIM's window); each other one is skipped like an unreadable image, with a warning naming
+    its file, before any model runs on it."""
+    out = []
+    for p in pairs:
+        if lr_only:  # the output of the input: the scale times its size
+            h, w = (int(n) * scale for n in p.lr.shape[-2:])
+        else:
+            h, w = p.hr.shape[:2]
+        if h - 2 * crop_border >= 11 and w - 2 * crop_border >= 11:
+            out.append(p)
+            continue
+        what = f"its {w // scale}x{h // scale} input gives a {w}x{h} output" if lr_only else f"it is {w}x{h}"
+        why = f"{what}, too small to score with a {crop_border} px border (SSIM needs 11x11 pixels)"
+        rep.warn(f"skipping {p.name}: {why}")
+        skipped.append(f"{p.name}: {why}")
+    return out
 
 
 def _load_dataset(d: Any, name: str, scale: int, crop_border: int, opts: EvalOptions, deg, teacher: "ModelEntry | None",
@@ -510,18 +531,14 @@ def _load_dataset(d: Any, name: str, scale: int, crop_border: int, opts: EvalOpt
         if deg is not None:
             pairs = degrade_pairs(pairs, deg, scale, opts.seed)
             lr_desc = f"{deg.describe()} degradation of the HR, seed {opts.seed}"
+    pairs = _scorable(pairs, scale, crop_border, opts.lr_only, rep, skipped)
     if not pairs and skipped:
-        raise SrDistillError(f"no readable images in {str(d)!r}: {skipped[0]}" +
+        raise SrDistillError(f"no usable images in {str(d)!r}: {skipped[0]}" +
                              (f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""))
     if not pairs:
         raise UsageError(f"no usable images in {str(d)!r} (all smaller than the scale {scale})")
     if opts.reference == "teacher":
         with rep.task(f"teacher reference on {name}", total=len(pairs)) as task:
             pairs = teacher_reference(pairs, teacher.model, scale, device=device, tile=tile, task=task)
-    for p in pairs:
-        h, w = p.hr.shape[:2]
-        if h - 2 * crop_border < 11 or w - 2 * crop_border < 11:
-            raise UsageError(f"{name}/{p.name} is {w}x{h}: too small to score with a {crop_border} px border "
-                             "(SSIM needs 11x11 pixels)")
     return {"name": name, "path": str(d), "images": len(pairs), "skipped": skipped, "lr": lr_desc,
             "pairs": pairs}

@@ -12,6 +12,40 @@ from typing import Any
 # hostile) has the entry dropped from what srdistill reads, instead of breaking every reader
 _META_OBJECTS = ("config", "teacher", "metrics", "knobs", "hyperparameters", "data", "benchmarks")
 
+#: deepest nesting of lists and objects read from a user's file (metadata, a training log line): far
+#: more than srdistill writes (3-4 levels), far less than would exhaust Python's recursion limit in the
+#: decoder or in any reader that walks the value afterwards
+MAX_JSON_DEPTH = 32
+
+
+class JSONTooDeep(ValueError):
+    """JSON nested deeper than :data:`MAX_JSON_DEPTH` (valid JSON, but no file srdistill wrote)."""
+
+
+def json_depth(v: Any) -> int:
+    """How deeply lists and objects nest in a decoded JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(v, 1)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, dict):
+            x = list(x.values())
+        if isinstance(x, list):
+            deepest = max(deepest, d)
+            stack.extend((y, d + 1) for y in x if isinstance(y, (list, dict)))
+    return deepest
+
+
+def loads_bounded(text: Any, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` for text from a user's file: nesting deeper than ``max_depth`` is a ValueError
+    (:class:`JSONTooDeep`, as malformed JSON is), never a RecursionError in the decoder or in a later reader."""
+    try:
+        v = json.loads(text)
+    except RecursionError:
+        raise JSONTooDeep(f"JSON nested deeper than {max_depth} levels") from None
+    if json_depth(v) > max_depth:
+        raise JSONTooDeep(f"JSON nested deeper than {max_depth} levels")
+    return v
+
 
 def decode_srdistill_metadata(metadata: dict) -> dict[str, Any]:
     """The ``srdistill.*`` metadata entries, JSON-decoded, with malformed structured entries left out."""
@@ -21,7 +55,9 @@ def decode_srdistill_metadata(metadata: dict) -> dict[str, Any]:
             continue
         key = k[len("srdistill."):]
         try:
-            val = json.loads(v)
+            val = loads_bounded(v)
+        except JSONTooDeep:  # valid but absurd: malformed, left out like an entry of the wrong shape
+            continue
         except (TypeError, ValueError):
             val = v
         if key in _META_OBJECTS and not isinstance(val, dict):
@@ -33,7 +69,7 @@ def decode_srdistill_metadata(metadata: dict) -> dict[str, Any]:
 def metadata_int(metadata: dict, key: str, minimum: int = 1) -> int | None:
     """An integer entry such as ``srdistill.scale``; None when absent or not an integer >= ``minimum``."""
     try:
-        v = json.loads(metadata[key])
+        v = loads_bounded(metadata[key])
     except (KeyError, TypeError, ValueError):
         return None
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:

@@ -32,7 +32,8 @@ from .data.images import DEFAULT_MAX_PIXELS, DEFAULT_PNG_LEVEL, Image, list_imag
 from .data.resize import imresize
 from .models.loading import SRModel
 from .runtimes.select import check_runtime_name, open_model, probe_size
-from .errors import ModelLoadError, OutputExistsError, SrDistillError, UnsupportedModelError, UsageError, debug_enabled
+from .errors import (ModelLoadError, OutputExistsError, SrDistillError, UnsupportedModelError, UsageError, debug_enabled,
+                     nonempty, shown)
 from .fileio import check_path_length
 from .progress import NULL, Reporter, Task
 from .runner import Runner
@@ -93,12 +94,12 @@ class UpscaleOptions:
         self.tile = parse_tile(self.tile)
         if isinstance(self.tile_overlap, bool) or not isinstance(self.tile_overlap, int) or self.tile_overlap < 0:
             raise UsageError(f"--tile-overlap must be 0 or more pixels, got {self.tile_overlap!r}")
-        self.backend = str(self.backend or "auto").strip().lower()
+        self.backend = str(nonempty("--backend", self.backend, "auto, onnx or torch") or "auto").strip().lower()
         if self.backend not in BACKENDS:
             raise UsageError(f"invalid --backend {self.backend!r}", hint="use auto, onnx or torch")
         self.runtime = check_runtime_name(self.runtime)
-        if self.threads is not None and (isinstance(self.threads, bool) or int(self.threads) < 1):
-            raise UsageError(f"--threads must be 1 or more, got {self.threads!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not 1 <= int(self.threads) <= 4096):
+            raise UsageError(f"--threads must be between 1 and 4096 (as eval and distill), got {shown(self.threads)}")
         if self.outscale is not None:
             try:
                 f = float(self.outscale)
@@ -117,7 +118,8 @@ class UpscaleOptions:
             if e not in OUTPUT_EXTS:
                 raise UsageError(f"invalid --ext {self.ext!r}", hint="use png, jpg, webp or auto")
             self.ext = e
-        self.alpha = str(self.alpha or "bicubic").strip().lower()
+        nonempty("--device", self.device, "auto, cpu, cuda or cuda:N")
+        self.alpha = str(nonempty("--alpha-mode", self.alpha, "bicubic or model") or "bicubic").strip().lower()
         if self.alpha not in ALPHA_MODES:
             raise UsageError(f"invalid --alpha-mode {self.alpha!r}", hint="use bicubic or model")
         if self.max_pixels is not None and int(self.max_pixels) < 0:

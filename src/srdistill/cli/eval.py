@@ -121,7 +121,7 @@ def eval_cmd(
         if report.skipped:  # the rest was scored and printed; the run still says it was incomplete
             from ..errors import ImageError
 
-            raise ImageError(f"{len(report.skipped)} image(s) could not be read and were left out of the "
+            raise ImageError(f"{len(report.skipped)} image(s) could not be read or scored and were left out of the "
                              f"means: {'; '.join(report.skipped[:3])}" + (" ..." if len(report.skipped) > 3 else ""),
                              hint="fix or remove them")
 

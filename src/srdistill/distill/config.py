@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..data.degrade import load_degradation
-from ..errors import UsageError
+from ..errors import UsageError, nonempty, shown
 from ..models.loading import check_model_path
 from .data_stage import UPCYCLE_RATIO
 from .losses import pixel_loss
@@ -162,7 +162,7 @@ class LossWeights:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    name = (name or "auto").lower()
+    name = (nonempty("--precision", name, "auto, fp32, bf16 or fp16") or "auto").strip().lower()
     if name not in ("auto", "fp32", "bf16", "fp16"):
         raise UsageError(f"invalid --precision {name!r}", hint="use auto, fp32, bf16 or fp16")
     if device.type != "cuda":
@@ -185,12 +185,21 @@ def needs_teacher(cfg: DistillConfig, weights: LossWeights) -> bool:
     return bool({"teacher_output", "teacher_features"} & needs_of(weights.possible_terms())) or cfg.upcycle
 
 
-# numeric options: (field, lowest, highest or None); a value outside, or nan, is a usage error
-_RANGES = (("seed", 0, 2**63 - 1), ("threads", 1, 4096), ("batch_size", 1, 65536), ("patch_size", 4, 4096),
+#: the largest --seed: numpy's np.random.seed takes 32-bit seeds (torch and Python's random take more)
+MAX_SEED = 2**32 - 1
+
+# numeric options: (field, lowest, highest or None); a value outside, or nan, is a usage error. Each
+# range is what every consumer of the value accepts (numpy's seeding, torch.set_num_threads, ...)
+_RANGES = (("seed", 0, MAX_SEED), ("threads", 1, 4096), ("batch_size", 1, 65536), ("patch_size", 4, 4096),
            ("student_width", 1, 4096), ("student_depth", 1, 1024), ("steps", 1, 10**9),
            ("warmup_steps", 0, 10**9), ("weight_decay", 0.0, None), ("grad_clip", 0.0, None),
            ("feature_weight", 0.0, None), ("adversarial_weight", 0.0, None), ("max_images", 1, None),
-           ("log_every", 1, None), ("degradation_variants", 1, 256), ("workers", 0, 64))
+           ("log_every", 1, None), ("degradation_variants", 1, 256), ("workers", 0, 64),
+           ("gt_size", 4, 4096 * 16))  # gt_size: HR pixels; the run checks it against the teacher's scale
+
+#: the largest --lr: far above any rate that trains, far below what AdamW's float32 step overflows at
+#: (lr / (1 - beta1) past 3.4e38 is a RuntimeError inside torch, not a non-finite loss)
+MAX_LR = 1e3
 
 
 def _check_ranges(cfg: DistillConfig) -> None:
@@ -202,22 +211,32 @@ def _check_ranges(cfg: DistillConfig) -> None:
         if bad or v < lo or (hi is not None and v > hi):
             flag = "--" + name.replace("_", "-")
             raise UsageError(f"{flag} must be " + (f"between {lo} and {hi}" if hi is not None else f"at least {lo}")
-                             + f", not {v}")
+                             + f", not {shown(v)}")
+
+
+# text options: (field, what to use); given empty ('' or blank) each is refused, never read as its default
+_TEXTS = (("init", "auto, random or teacher"), ("student_arch", "a family name, or leave it out for the teacher's"),
+          ("degradation", "bicubic, realesrgan, light, none or a file"), ("alpha_schedule", "constant, eco or linear"),
+          ("reparam_branches", "1x1, expand, sobel, laplacian, identity, comma separated, or leave it out"),
+          ("loss", "l1, charbonnier or mse"), ("device", "auto, cpu, cuda or cuda:N"),
+          ("precision", "auto, fp32, bf16 or fp16"))
 
 
 def validate(cfg: DistillConfig) -> None:
     check_model_path(cfg.teacher)  # inputs before outputs: `distill photo.jpg` is told about the photo
+    for name, choices in _TEXTS:
+        nonempty("--" + name.replace("_", "-"), getattr(cfg, name), choices)
     _check_ranges(cfg)
-    if not cfg.lr > 0:
-        raise UsageError(f"--lr must be positive, not {cfg.lr}")
+    if not 0 < cfg.lr <= MAX_LR:  # nan and inf too
+        raise UsageError(f"--lr must be positive and at most {MAX_LR:g}, not {shown(cfg.lr)}")
     if not 0 <= cfg.ema_decay < 1:
-        raise UsageError(f"--ema-decay must be in [0, 1), not {cfg.ema_decay}")
+        raise UsageError(f"--ema-decay must be in [0, 1), not {shown(cfg.ema_decay)}")
     if cfg.checkpoint_every < 1:
-        raise UsageError(f"--checkpoint-every must be at least 1, not {cfg.checkpoint_every}")
+        raise UsageError(f"--checkpoint-every must be at least 1, not {shown(cfg.checkpoint_every)}")
     if cfg.val_every is not None and cfg.val_every < 1:
-        raise UsageError(f"--val-every must be at least 1, not {cfg.val_every}")
+        raise UsageError(f"--val-every must be at least 1, not {shown(cfg.val_every)}")
     if cfg.max_images is not None and cfg.max_images < 1:
-        raise UsageError(f"--max-images must be at least 1, not {cfg.max_images}")
+        raise UsageError(f"--max-images must be at least 1, not {shown(cfg.max_images)}")
     for flag, folders in (("--data", cfg.data), ("--val", cfg.val or [])):
         for f in folders:
             if not Path(f).exists():
@@ -229,7 +248,7 @@ def validate(cfg: DistillConfig) -> None:
     sched = make_schedule(cfg.alpha_schedule, cfg.alpha, cfg.alpha_end, cfg.steps)
     cfg.alpha, cfg.alpha_end, cfg.alpha_schedule = sched.start, sched.end, sched.name
     if cfg.upcycle_ratio is not None and not 0 < cfg.upcycle_ratio < 1:
-        raise UsageError(f"--upcycle-ratio must be between 0 and 1 (exclusive), not {cfg.upcycle_ratio}",
+        raise UsageError(f"--upcycle-ratio must be between 0 and 1 (exclusive), not {shown(cfg.upcycle_ratio)}",
                          hint=f"e.g. {UPCYCLE_RATIO}: that share of each batch comes from upcycled inputs")
     if cfg.upcycle_ratio is not None and not cfg.upcycle:
         raise UsageError("--upcycle-ratio needs --upcycle")
@@ -243,7 +262,7 @@ def validate(cfg: DistillConfig) -> None:
     _validate_degradation(cfg)
     if cfg.reparam_branches is not None and not cfg.reparam:
         raise UsageError("--reparam-branches needs --reparam")
-    cfg.init = (cfg.init or "auto").strip().lower()
+    cfg.init = (cfg.init or "auto").strip().lower()  # None: auto; an empty --init was refused above
     if cfg.init not in INITS:
         raise UsageError(f"unknown --init {cfg.init!r}", hint="use auto, random or teacher")
     LossWeights(cfg.alpha, cfg.feature_weight, cfg.adversarial_weight, cfg.loss, extra=cfg.terms).validate()

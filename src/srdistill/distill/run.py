@@ -110,9 +110,9 @@ class Run:
                                  "re-parameterise", hint="drop --reparam, or use --student-arch compact")
             self.reparam_branches = parse_branches(cfg.reparam_branches, spec.branches)
         if cfg.gt_size is not None:
-            if cfg.gt_size % teacher.scale or cfg.gt_size // teacher.scale < 4:
-                raise UsageError(f"--gt-size {cfg.gt_size} must be a multiple of the scale ({teacher.scale}) and at "
-                                 f"least {4 * teacher.scale}")
+            if cfg.gt_size % teacher.scale or not 4 <= cfg.gt_size // teacher.scale <= 4096:  # --patch-size's range
+                raise UsageError(f"--gt-size {cfg.gt_size} must be a multiple of the scale ({teacher.scale}) "
+                                 f"between {4 * teacher.scale} and {4096 * teacher.scale}")
             cfg.patch_size = cfg.gt_size // teacher.scale
         self.rep.info(f"teacher: {teacher.architecture} x{teacher.scale}, {teacher.params:,} params ({teacher.name})")
         self.rep.info(f"student: {student.architecture} x{student.scale}, {student.params:,} params "

@@ -7,7 +7,6 @@ import contextlib
 import copy
 import glob
 import io
-import json
 import math
 import os
 import random
@@ -21,6 +20,7 @@ from torch import nn
 
 from ..errors import OutputExistsError, SrDistillError
 from ..fileio import MAX_LOG_BYTES, check_input_file, open_input_file
+from ..metadata import loads_bounded
 
 try:
     import fcntl
@@ -70,14 +70,14 @@ def unfinished_run_log(log: Path) -> bool:
         return False
     try:
         with io.TextIOWrapper(open_input_file(log, "training log", MAX_LOG_BYTES), encoding="utf-8") as f:
-            first = json.loads(f.readline() or "null")
+            first = loads_bounded(f.readline() or "null")
             if not (isinstance(first, dict) and first.get("event") == "start" and "srdistill" in first):
                 return False
             steps, finished = (first.get("config") or {}).get("steps"), False
             for line in f:
                 if '"start"' not in line and '"end"' not in line:
                     continue
-                rec = json.loads(line)
+                rec = loads_bounded(line)
                 if rec.get("event") == "start":  # a resumed run: its own --steps
                     steps, finished = (rec.get("config") or {}).get("steps"), False
                 elif rec.get("event") == "end":

@@ -19,7 +19,8 @@ from rich.table import Table
 from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .errors import SrDistillError, Terminated, debug_enabled  # noqa: F401  (debug_enabled: re-exported)
+from .errors import (Interrupted, SrDistillError, Terminated, debug_enabled,  # noqa: F401  (debug_enabled: re-exported)
+                     note_terminated, terminated_pending)
 from .fileio import too_long
 from .progress import Reporter, Task
 
@@ -292,22 +293,22 @@ def run_cli(fn: Callable[[], Any]) -> Any:
     old = None
     if threading.current_thread() is threading.main_thread():
         old = signal.signal(signal.SIGTERM, _raise_terminated)  # distill installs its own for its loop
+    note_terminated(False)
     try:
         _guard_streams()
         return fn()
     except SrDistillError as e:
         if debug_enabled():
             raise
+        if terminated_pending() and not isinstance(e, Interrupted):  # a SIGTERM some library reported as its error
+            _exit_on_signal(signal.SIGTERM)
         if sys.stderr is not None:
             stderr_console().print(f"error: {escape_control(e)}", style="red", markup=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt as e:
         if debug_enabled():
             raise
-        signum = getattr(e, "signum", signal.SIGINT)
-        what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
-        stderr_console().print(f"error: {what}; partial outputs were removed", style="red", markup=False)
-        raise typer.Exit(128 + signum) from None
+        _exit_on_signal(getattr(e, "signum", signal.SIGINT))
     except MemoryError:
         if debug_enabled():
             raise
@@ -324,5 +325,12 @@ def run_cli(fn: Callable[[], Any]) -> Any:
             signal.signal(signal.SIGTERM, old)
 
 
+def _exit_on_signal(signum: int):
+    what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+    stderr_console().print(f"error: {what}; partial outputs were removed", style="red", markup=False)
+    raise typer.Exit(128 + signum) from None
+
+
 def _raise_terminated(signum, frame):
+    note_terminated()  # remembered: C++ code that calls back into Python may swallow the exception
     raise Terminated()

@@ -82,6 +82,30 @@ class Terminated(KeyboardInterrupt):
     signum = 15
 
 
+_terminated = False  # a SIGTERM arrived in this command (set by the CLI's handler as it raises Terminated)
+
+
+def note_terminated(pending: bool = True) -> None:
+    """Record (or, with False, forget) a SIGTERM: the CLI's handler calls this before it raises
+    :class:`Terminated`, and the CLI forgets it when a command starts."""
+    global _terminated
+    _terminated = pending
+
+
+def terminated_pending() -> bool:
+    """Whether a SIGTERM arrived in this command, whatever became of its exception."""
+    return _terminated
+
+
+def raise_if_terminated() -> None:
+    """Raise :class:`Terminated` again if a SIGTERM arrived. The handler's exception can be lost when it
+    is raised inside Python code that C++ called (torch's exporter, onnxruntime, onnxslim): the C++
+    side turns it into its own error, a broad ``except Exception`` reports that, or it is dropped.
+    Code around such calls asks here after them and in their ``except`` clauses."""
+    if _terminated:
+        raise Terminated()
+
+
 SHOWN_LIMIT = 100  # characters of a user's value echoed in a message
 
 

@@ -19,7 +19,7 @@ import onnx
 import torch
 
 from .. import __version__
-from ..errors import ExportError, BadPathError, UnsupportedModelError, UsageError, first_line
+from ..errors import ExportError, BadPathError, UnsupportedModelError, UsageError, first_line, raise_if_terminated
 from ..fileio import atomic_path, check_writable
 from ..metadata import json_safe
 from ..models.families import get_family
@@ -103,6 +103,7 @@ class Exporter:
             try:
                 sess = _session(model_bytes)
             except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+                raise_if_terminated()  # a SIGTERM while onnxruntime called into Python is not its failure
                 for (_, b, h, w) in self.refs:
                     rows.append(Verification(stage, (h, w), b, None, tol, False,
                                              f"onnxruntime cannot load it: {first_line(e)}"))
@@ -117,9 +118,11 @@ class Exporter:
                 try:
                     y = np.asarray(run(self.inputs[key]), dtype=np.float32)
                 except Exception as e:  # noqa: BLE001
+                    raise_if_terminated()  # a SIGTERM during the run, turned into onnxruntime's error
                     rows.append(Verification(stage, (h, w), b, None, tol, False, first_line(e)))
                     task.advance(1)
                     continue
+                raise_if_terminated()  # or swallowed on its way: the output is then no evidence either
                 if y.shape != ref.shape:
                     rows.append(Verification(stage, (h, w), b, None, tol, False,
                                              f"output shape {tuple(y.shape)}, expected {tuple(ref.shape)}"))
@@ -183,8 +186,10 @@ class Exporter:
                     dynamo=False,
                 )
         except Exception as e:  # noqa: BLE001 - the exporter raises many types
+            raise_if_terminated()
             raise ExportError(f"torch.onnx.export failed for {self.model.architecture} at opset "
                               f"{self.o.opset}: {first_line(e)}") from None
+        raise_if_terminated()  # the tracer calls Python from C++ and may drop the handler's exception
         return buf.getvalue()
 
     def simplify(self, proto):
@@ -192,10 +197,13 @@ class Exporter:
 
         try:
             with quiet_export(), contextlib.redirect_stdout(io.StringIO()):
-                return onnxslim.slim(copy.deepcopy(proto))
+                slim = onnxslim.slim(copy.deepcopy(proto))
         except Exception as e:  # noqa: BLE001
+            raise_if_terminated()
             self.warn(f"onnxslim failed ({first_line(e, 160)}); keeping the unsimplified graph")
             return None
+        raise_if_terminated()
+        return slim
 
     def to_fp16(self, proto):
         try:
@@ -206,6 +214,7 @@ class Exporter:
             with quiet_export():
                 half = convert_float_to_float16(proto, keep_io_types=True)  # a failure ends the export: no copy kept
         except Exception as e:  # noqa: BLE001
+            raise_if_terminated()
             raise ExportError(f"fp16 conversion failed: {first_line(e)}") from None
         toposort(half.graph)
         return half
@@ -223,6 +232,7 @@ class Exporter:
             s32 = _session(fp32_bytes)
             s8 = _session(int8_bytes)
         except Exception as e:  # noqa: BLE001
+            raise_if_terminated()
             raise ExportError(f"onnxruntime cannot run the int8 model: {first_line(e)}") from None
         reference, psnr32, psnr8, drop, vs_fp32, n_hr = int8_psnr(self, s32, s8, pairs)
         t32, t8, sp = int8_speed(self, s32, s8)
@@ -272,6 +282,7 @@ class Exporter:
                         quantize_dynamic(str(src), str(dst), per_channel=True, reduce_range=reduce_range,
                                          weight_type=QuantType.QInt8)
             except Exception as e:  # noqa: BLE001
+                raise_if_terminated()
                 raise ExportError(f"int8 quantization ({mode}) failed: {first_line(e)}") from None
             int8_proto = onnx.load(str(dst))
         set_io(int8_proto, self.cin, self.cout, self.model.scale, self.static)
@@ -554,7 +565,9 @@ def _write(ex: "Exporter", proto, out: Path, precision: str) -> bytes:
     try:
         onnx.checker.check_model(onnx.load_from_string(data))
     except Exception as e:  # noqa: BLE001
+        raise_if_terminated()
         raise ExportError(f"the final ONNX model does not pass onnx.checker: {first_line(e)}") from None
+    raise_if_terminated()  # the last gate: no model is written after a SIGTERM, however it was reported
     with atomic_path(out, overwrite=ex.o.overwrite) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)

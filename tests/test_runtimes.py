@@ -177,3 +177,13 @@ def test_ncnn_export_verifies_runs_and_is_described(c2, tmp_path):
     assert desc["runtime"] == "ncnn" and np.abs(model(x).numpy() - _reference(c2, x)).max() <= 2e-2
     r = CliRunner().invoke(app, ["export", str(c2), "--format", "ncnn", "-o", str(tmp_path / "x.param"), "--int8"])
     assert r.exit_code == 2 and "not implemented for ncnn" in r.stderr
+
+
+@pytest.mark.parametrize("value", ["", "  ", "onnx\nruntime"])
+def test_a_runtime_name_that_is_empty_or_unknown_is_one_line(value):
+    from srdistill.errors import UsageError
+    from srdistill.runtimes.select import check_runtime_name
+
+    with pytest.raises(UsageError) as ei:
+        check_runtime_name(value)
+    assert "\n" not in str(ei.value) and "--runtime" in str(ei.value)

@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import BadPathError, ModelLoadError, UnsupportedModelError
 from ..fileio import sha256_file
 from ..metadata import decode_srdistill_metadata, metadata_int
+from ..onnx_model import load_onnx
 from .registry import Runtime, file_kind, register_runtime
 from .convert import checkpoint_as_onnx, checkpoint_fields
 
@@ -147,7 +148,12 @@ def load(path, *, device: str = "cpu", threads: int | None = None) -> OpenVinoMo
         v = metadata_int(meta, key, minimum=0)
         if v is not None and getattr(model, attr) in (None, 0, 1):
             setattr(model, attr, v)
-    model.scale = model.scale or metadata_int(meta, "srdistill.scale") or _probe_scale(model, static, channels)
+    model.scale = model.scale or metadata_int(meta, "srdistill.scale")
+    if not model.scale and file_kind(p) == "onnx":
+        # a foreign graph without a scale: onnxruntime's probe is stopped after a few seconds, which
+        # an OpenVINO inference cannot be (a Loop with a 10^12 trip count would never come back)
+        model.scale = load_onnx(p, threads=threads).scale
+    model.scale = model.scale or _probe_scale(model, static, channels)
     return model
 
 

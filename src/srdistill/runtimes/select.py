@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SrDistillError, UsageError
+from ..errors import SrDistillError, UsageError, nonempty, shown
 from ..fileio import atomic_write_text, sha256_file
 from ..onnx_model import load_onnx
 from ..progress import NULL, Reporter
@@ -41,9 +41,10 @@ DEFAULT_PROBE = (256, 256)
 
 
 def check_runtime_name(name: str | None) -> str:
+    nonempty("--runtime", name, ", ".join(RUNTIME_CHOICES))
     key = str(name or "auto").strip().lower()
     if key not in RUNTIME_CHOICES:
-        raise UsageError(f"invalid --runtime {name!r}", hint=f"use {', '.join(RUNTIME_CHOICES)}")
+        raise UsageError(f"invalid --runtime {shown(name)}", hint=f"use {', '.join(RUNTIME_CHOICES)}")
     return key
 
 

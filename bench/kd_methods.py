@@ -51,7 +51,7 @@ def _teacher_scores(student, teacher, pairs) -> float:
 def train_and_score(teacher_file: str, overrides: dict, seed: int, steps: int, out: Path, cache: Path | None,
                     threads: int | None, quick: bool = False) -> tuple[dict, Path]:
     """One DCTLSA/anime -> Compact 32/8 run of the study recipe (train data, LR patch 32, batch 16,
-    lr 1e-3) with ``overrides``; the row's common fields and Set5/Set14 scores, and the student file."""
+    lr 1e-3, no re-parameterisation unless ``overrides`` say so) with ``overrides``; the row's common fields and Set5/Set14 scores, and the student file."""
     from srdistill.data.datasets import load_eval_pairs
     from srdistill.distill.trainer import DistillConfig, distill
     from srdistill.evaluate import score_pairs
@@ -67,7 +67,7 @@ def train_and_score(teacher_file: str, overrides: dict, seed: int, steps: int, o
                         data=[str(need_shared("data", "train"))], val=[], steps=steps, batch_size=16,
                         patch_size=32, lr=1e-3, out=str(out), seed=seed, checkpoint_every=10**9,
                         teacher_cache_dir=str(cache) if cache else None, threads=threads,
-                        max_images=6 if quick else None, **overrides)
+                        max_images=6 if quick else None, **{"reparam": False, **overrides})
     t0 = time.monotonic()
     r = distill(cfg)
     seconds = time.monotonic() - t0

@@ -25,7 +25,7 @@ from . import common
 from .common import save
 from .kd_methods import train_and_score
 
-METHODS = {"plain": {}, "reparam": dict(reparam=True), "reparam-1x1": dict(reparam=True, reparam_branches="1x1"),
+METHODS = {"plain": dict(reparam=False), "reparam": dict(reparam=True), "reparam-1x1": dict(reparam=True, reparam_branches="1x1"),
            "reparam-ecb": dict(reparam=True, reparam_branches="1x1,expand,sobel,laplacian")}
 KD = {"scratch": dict(alpha=0.0), "output-kd": dict(alpha=0.5)}
 DEFAULT_ITEMS = [f"{m}:{k}" for m in ("plain", "reparam") for k in KD] + ["reparam-1x1:scratch", "reparam-ecb:scratch"]
@@ -36,7 +36,7 @@ def one_run(method: str, kd: str, seed: int, steps: int, work: Path, cache: Path
     base, _ = train_and_score("DCTLSA_x4.pt", {**METHODS[method], **KD[kd]}, seed, steps,
                               work / f"{method}_{kd}_{steps}_s{seed}.safetensors", cache, threads, quick)
     row = {"method": method, "branches": METHODS[method].get("reparam_branches", "1x1,expand")
-           if METHODS[method] else None, "kd": kd, "teacher": "DCTLSA_x4", **base}
+           if METHODS[method]["reparam"] else None, "kd": kd, "teacher": "DCTLSA_x4", **base}
     (work / f"{method}_{kd}_{steps}_s{seed}.json").write_text(json.dumps(row, indent=1))
     return row
 

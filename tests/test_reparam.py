@@ -76,7 +76,7 @@ def test_branch_lists_are_checked():
 
 def test_distill_reparam_saves_a_plain_student_and_checks_the_fold(teacher_path, data_dir, tmp_path):
     rep = RecordingReporter()
-    plain = distill(_cfg(teacher_path, data_dir, tmp_path / "plain", steps=12))
+    plain = distill(_cfg(teacher_path, data_dir, tmp_path / "plain", steps=12, reparam=False))
     res = distill(_cfg(teacher_path, data_dir, tmp_path / "rep", steps=12, reparam=True), rep)
     a, b = load_model(plain.out), load_model(res.out)
     assert b.architecture == "Compact" and b.params == a.params == res.student["params"]
@@ -106,8 +106,22 @@ def test_reparam_is_refused_for_a_family_without_plain_convs(teacher_path, data_
     with pytest.raises(UsageError, match="SPAN students have no plain 3x3 convs"):
         distill(_cfg(teacher_path, data_dir, tmp_path, steps=2, reparam=True, student_arch="span",
                      student_width=12, student_depth=None))
-    with pytest.raises(UsageError, match="--reparam-branches needs --reparam"):
-        distill(_cfg(teacher_path, data_dir, tmp_path, steps=2, reparam_branches="1x1"))
+    with pytest.raises(UsageError, match="--reparam-branches contradicts --no-reparam"):
+        distill(_cfg(teacher_path, data_dir, tmp_path, steps=2, reparam=False, reparam_branches="1x1"))
+    with pytest.raises(UsageError, match="SPAN students have no plain 3x3 convs"):
+        distill(_cfg(teacher_path, data_dir, tmp_path, steps=2, reparam_branches="1x1", student_arch="span",
+                     student_width=12, student_depth=None))
+
+
+def test_reparam_is_the_default_where_the_family_declares_it(teacher_path, data_dir, tmp_path):
+    compact = distill(_cfg(teacher_path, data_dir, tmp_path / "c", steps=2))
+    assert any(".squeeze." in k for k in torch.load(compact.checkpoint, weights_only=True)["student"])
+    assert load_model(compact.out).srdistill["config"]["reparam"] is True
+    span = distill(_cfg(teacher_path, data_dir, tmp_path / "s", steps=2, student_arch="span", student_width=12,
+                        student_depth=None))
+    assert load_model(span.out).srdistill["config"]["reparam"] is False
+    off = distill(_cfg(teacher_path, data_dir, tmp_path / "o", steps=2, reparam=False))
+    assert not any(".squeeze." in k for k in torch.load(off.checkpoint, weights_only=True)["student"])
 
 
 def test_reparam_after_teacher_init_starts_from_the_teacher(teacher_path, data_dir, tmp_path):
@@ -122,7 +136,7 @@ def test_reparam_after_teacher_init_starts_from_the_teacher(teacher_path, data_d
 
 def test_reparam_student_exports_the_plain_graph(teacher_path, data_dir, tmp_path):
     outs = {}
-    for name, kw in (("plain", {}), ("rep", {"reparam": True})):
+    for name, kw in (("plain", {"reparam": False}), ("rep", {"reparam": True})):
         res = distill(_cfg(teacher_path, data_dir, tmp_path / name, steps=4, **kw))
         path = tmp_path / f"{name}.onnx"
         export_onnx(load_model(res.out), path, ExportOptions())

@@ -44,7 +44,9 @@ class DistillConfig:
     upcycle: bool = False
     upcycle_ratio: float | None = None  # None: UPCYCLE_RATIO
     init: str = "auto"  # auto: from the teacher where the student can be (same family), else random
-    reparam: bool = False  # train with re-parameterisable branches, folded at save (models.reparam)
+    # train with re-parameterisable branches, folded at save (models.reparam); None: where the
+    # student's family declares them (Compact, EDSR), as bench/reparam.py found it pays
+    reparam: bool | None = None
     reparam_branches: str | None = None  # comma-separated branches; None: the student family's default
     degradation: str = "bicubic"  # bicubic (clean LR), realesrgan, light, none (with --lr-only) or a file
     degradation_variants: int | None = None  # None: DEFAULT_VARIANTS with a degradation
@@ -260,8 +262,8 @@ def validate(cfg: DistillConfig) -> None:
     if cfg.upcycle and cfg.batch_size < 2:
         raise UsageError("--upcycle needs --batch-size 2 or more (each batch mixes both kinds of patch)")
     _validate_degradation(cfg)
-    if cfg.reparam_branches is not None and not cfg.reparam:
-        raise UsageError("--reparam-branches needs --reparam")
+    if cfg.reparam_branches is not None and cfg.reparam is False:
+        raise UsageError("--reparam-branches contradicts --no-reparam", hint="give one of them")
     cfg.init = (cfg.init or "auto").strip().lower()  # None: auto; an empty --init was refused above
     if cfg.init not in INITS:
         raise UsageError(f"unknown --init {cfg.init!r}", hint="use auto, random or teacher")
@@ -300,8 +302,10 @@ def argv_repr(cfg: DistillConfig) -> list[str]:
         out.append("--upcycle" + (f" --upcycle-ratio {cfg.upcycle_ratio}" if cfg.upcycle_ratio is not None else ""))
     if cfg.init != "auto":
         out.append(f"--init {cfg.init}")
-    if cfg.reparam:
-        out.append("--reparam" + (f" --reparam-branches {cfg.reparam_branches}" if cfg.reparam_branches else ""))
+    if cfg.reparam is False:
+        out.append("--no-reparam")
+    elif cfg.reparam_branches:
+        out.append(f"--reparam-branches {cfg.reparam_branches}")
     if cfg.degradation != "bicubic":
         out.append(f"--degradation {cfg.degradation}")
         if cfg.degradation_variants is not None:

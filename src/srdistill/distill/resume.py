@@ -367,6 +367,8 @@ def apply_checkpoint_config(cfg, ck: dict, explicit: set[str], teacher_sha256: s
                          f"with ({shown(rec.get('teacher'))})",
                          hint="give the same teacher, or start a new run with another --output")
     types = {f.name: f.type for f in dataclasses.fields(cfg)}
+    if "reparam" not in rec and "reparam" not in explicit:
+        rec["reparam"] = False  # a run from before --reparam existed trained without it
     for field in RUN_FIELDS:
         if field not in rec:
             continue  # a checkpoint of an older version: nothing recorded to compare with

@@ -103,8 +103,10 @@ class Run:
         self.init_from = cfg.init == "teacher" or (cfg.init == "auto" and can_init(student, teacher))
         self.comp = compression(teacher, student)  # before --reparam adds its training-only branches
         self.reparam_branches = None
+        spec = get_family(student.architecture).reparam
+        if cfg.reparam is None:  # the default: where the family declares it (or where branches are asked for)
+            cfg.reparam = spec is not None or cfg.reparam_branches is not None
         if cfg.reparam:
-            spec = get_family(student.architecture).reparam
             if spec is None:
                 raise UsageError(f"--reparam: {student.architecture} students have no plain 3x3 convs to "
                                  "re-parameterise", hint="drop --reparam, or use --student-arch compact")

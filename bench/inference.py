@@ -93,13 +93,13 @@ def _layer():
     return runtimes
 
 
-def load_runtime(name: str, path: Path, device: str, threads: int) -> Any:
+def load_runtime(name: str, path: Path, device: str, threads: int, **kw) -> Any:
     """A runnable (NCHW float in [0, 1] -> output) of ``path`` under runtime ``name``."""
     layer = _layer()
     if layer is not None:
         rt = layer.get_runtime(name)
         rt.require()
-        return rt.load(path, device=device, threads=threads)
+        return rt.load(path, device=device, threads=threads, **kw)
     if name == "torch":
         from srdistill.models.loading import load_model
 
@@ -170,7 +170,7 @@ def variants(ckpt: Path, work: Path, quick: bool, device: str, threads: int) -> 
         plan.append(("onnxruntime", prec, f))
     for prec in ("fp32", "int8-full", "int8-reduced"):
         plan.append(("openvino", prec, files.get(prec)))
-    plan.append(("openvino", "fp16", "the runtime layer runs OpenVINO with an f32 precision hint"))
+    plan.append(("openvino", "bf16", files.get("fp32")))  # precision="fast": what upscale runs on a bf16 CPU
     if not quick:
         plan.append(("ncnn", "fp32", ckpt))
     loaded, skipped = {}, {}
@@ -183,7 +183,11 @@ def variants(ckpt: Path, work: Path, quick: bool, device: str, threads: int) -> 
             skipped[label] = f"{rt} is not installed" + ("" if _layer() else " or needs the runtime layer")
             continue
         try:
-            fn = _torch_fp16(ckpt, device) if src == "fp16" else load_runtime(rt, src, device, threads)
+            fast = {"precision": "fast"} if (rt, prec) == ("openvino", "bf16") else {}
+            fn = _torch_fp16(ckpt, device) if src == "fp16" else load_runtime(rt, src, device, threads, **fast)
+            if fast and getattr(fn, "inference_precision", "fp32") != "bf16":
+                skipped[label] = "this CPU has no native bf16 (OpenVINO computes in fp32 here)"
+                continue
             loaded[label] = (rt, prec, fn)
         except Exception as e:  # noqa: BLE001 - one runtime failing must not stop the others
             skipped[label] = f"failed to load: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__}"

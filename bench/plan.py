@@ -82,7 +82,7 @@ def stage_upscale(work: Path, doc: dict, a) -> None:
         folder = work / f"files_{_key(c)}"
         folder.mkdir(exist_ok=True)
         path = model_file(student, c["runtime"] if doc["runtime"] == "auto" else doc["runtime"], folder)
-        runnable, _ = open_model(path, runtime=c["runtime"], device="cpu", threads=a.threads, size=(h, w))
+        runnable, _ = open_model(path, runtime=c["runtime"], device="cpu", threads=a.threads, size=(h, w), fast=True)
         runner = Runner(runnable, tile="auto", scale=teacher.scale)
         x = torch.rand(1, 3, h, w)
         ms = common.median_time(lambda: runner.sr(x), repeats=2 if a.quick else 5) * 1000

@@ -4,9 +4,9 @@ DCTLSA_x4 -> Compact 32/8 with the kd-methods study's recipe (shared/data/train,
 batch 16, lr 1e-3, the same steps for every run, 2 seeds each):
 
 * ``method``: ``plain`` (no branches), ``reparam`` (3x3 + 1x1 + expand-squeeze, extra branches
-  zero at start: the family default), ``reparam-1x1`` (3x3 + 1x1 only: does the expand-squeeze
+  zero at start), ``reparam-1x1`` (3x3 + 1x1 only: does the expand-squeeze
   branch matter?) and ``reparam-ecb`` (ECBSR's set: 3x3 + 1x1 + expand + Sobel-x/y + Laplacian
-  paths, zero at start);
+  paths, zero at start: the one the study kept as the families' default);
 * ``kd``: ``scratch`` (alpha 0) or ``output-kd`` (alpha 0.5).
 
 Each run writes one JSON row to the work folder (``--work``), so runs can be spread over processes
@@ -25,7 +25,7 @@ from . import common
 from .common import save
 from .kd_methods import train_and_score
 
-METHODS = {"plain": dict(reparam=False), "reparam": dict(reparam=True), "reparam-1x1": dict(reparam=True, reparam_branches="1x1"),
+METHODS = {"plain": dict(reparam=False), "reparam": dict(reparam=True, reparam_branches="1x1,expand"), "reparam-1x1": dict(reparam=True, reparam_branches="1x1"),
            "reparam-ecb": dict(reparam=True, reparam_branches="1x1,expand,sobel,laplacian")}
 KD = {"scratch": dict(alpha=0.0), "output-kd": dict(alpha=0.5)}
 DEFAULT_ITEMS = [f"{m}:{k}" for m in ("plain", "reparam") for k in KD] + ["reparam-1x1:scratch", "reparam-ecb:scratch"]
@@ -35,8 +35,7 @@ def one_run(method: str, kd: str, seed: int, steps: int, work: Path, cache: Path
             quick: bool = False) -> dict:
     base, _ = train_and_score("DCTLSA_x4.pt", {**METHODS[method], **KD[kd]}, seed, steps,
                               work / f"{method}_{kd}_{steps}_s{seed}.safetensors", cache, threads, quick)
-    row = {"method": method, "branches": METHODS[method].get("reparam_branches", "1x1,expand")
-           if METHODS[method]["reparam"] else None, "kd": kd, "teacher": "DCTLSA_x4", **base}
+    row = {"method": method, "branches": METHODS[method].get("reparam_branches"), "kd": kd, "teacher": "DCTLSA_x4", **base}
     (work / f"{method}_{kd}_{steps}_s{seed}.json").write_text(json.dumps(row, indent=1))
     return row
 

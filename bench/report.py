@@ -25,7 +25,8 @@ def _load(name: str) -> dict | None:
 def _machine(doc: dict) -> str:
     m = doc["machine"]
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
-    return (f"_Measured {m['date']} on {m['cpu']} ({m['cores']} cores, torch threads {m['torch_threads']}{gpu}); "
+    flags = f", flags {' '.join(m['cpu_flags'])}" if m.get("cpu_flags") else ""
+    return (f"_Measured {m['date']} on {m['cpu']}{flags} ({m['cores']} cores, torch threads {m['torch_threads']}{gpu}); "
             f"Python {m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}._")
 
 

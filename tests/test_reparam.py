@@ -83,7 +83,7 @@ def test_distill_reparam_saves_a_plain_student_and_checks_the_fold(teacher_path,
     assert list(load_file(res.out)) == list(load_file(plain.out))
     assert not torch.equal(a.module.body[0].weight, b.module.body[0].weight)  # it trained differently
     text = "\n".join(rep.infos)
-    assert "re-parameterised training: 4 convs train as 3x3 + 1x1 + expand" in text
+    assert "re-parameterised training: 4 convs train as 3x3 + 1x1 + expand + sobel + laplacian" in text
     assert "folded into plain 3x3 convs, max |difference|" in text
     assert '"event": "fold"' in open(res.log).read()
     ck = torch.load(res.checkpoint, weights_only=True)

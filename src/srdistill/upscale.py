@@ -284,7 +284,8 @@ def load_upscale_model(path: str | os.PathLike | None = None, *, runtime: str = 
         runtime = _BACKEND_RUNTIME[backend]
     runtime = check_runtime_name(runtime)
     p = Path(path) if path is not None else default_model_path("torch" if runtime in ("torch", "ncnn") else "auto")
-    model, desc = open_model(p, runtime=runtime, device=device, threads=threads, size=size, reporter=reporter or NULL)
+    model, desc = open_model(p, runtime=runtime, device=device, threads=threads, size=size, reporter=reporter or NULL,
+                             fast=True)
     if isinstance(model, SRModel):
         model.module.eval()
     if hasattr(model, "session") and hasattr(model.session, "get_providers"):

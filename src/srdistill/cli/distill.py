@@ -89,14 +89,14 @@ def distill_cmd(
                                                     "where the student is the teacher's family, else random)."),
     reparam: Optional[bool] = typer.Option(None, "--reparam/--no-reparam",
                                            help="Re-parameterised training (ECBSR/RepSR/SPAN): each 3x3 conv "
-                                                "trains with parallel 1x1 and expand-squeeze branches, folded "
+                                                "trains with parallel 1x1, expand-squeeze and edge branches, folded "
                                                 "into the plain conv at save (same file, same inference cost). "
-                                                "Default: on for Compact and EDSR students (+0.27 dB Set5 in "
+                                                "Default: on for Compact and EDSR students (+0.35 dB Set5 in "
                                                 "bench/reparam.py), off for other families."),
     reparam_branches: Optional[str] = typer.Option(None, "--reparam-branches",
                                                    help="Branches beside each 3x3 when re-parameterised, comma "
                                                         "separated: 1x1, expand, sobel, laplacian, identity "
-                                                        "(default: 1x1,expand)."),
+                                                        "(default: 1x1,expand,sobel,laplacian)."),
     degradation: str = typer.Option("bicubic", "--degradation",
                                     help="How LR inputs are made: bicubic (clean), realesrgan (Real-ESRGAN's "
                                          "second-order blur/resize/noise/JPEG), light (blur, mild noise, JPEG), "

@@ -70,7 +70,7 @@ def measure(model: SRModel, *, runtime: str, device: str, threads: int | None, l
     with tempfile.TemporaryDirectory(prefix="srdistill-plan-") as tmp:
         path = model_file(model, runtime, Path(tmp))
         runnable, desc = open_model(path, runtime=runtime, device=device, threads=threads,
-                                    size=(lr_size[1], lr_size[0]))
+                                    size=(lr_size[1], lr_size[0]), fast=True)  # as upscale runs it
         try:
             ms = time_runnable(runnable, lr_size, repeats)
         except (RuntimeError, ValueError, MemoryError) as e:

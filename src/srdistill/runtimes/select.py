@@ -14,6 +14,7 @@ naming the extra to install.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -75,24 +76,34 @@ def device_for(rt: Runtime, device: str | None) -> str:
 
 def open_model(path: str | os.PathLike, *, runtime: str = "auto", device: str | None = "auto",
                threads: int | None = None, size: tuple[int, int] | None = None,
-               reporter: Reporter = NULL) -> tuple[Any, dict]:
+               reporter: Reporter = NULL, fast: bool = False) -> tuple[Any, dict]:
     """(runnable, description) for ``path`` in ``runtime``; ``size`` is the LR (height, width) ``auto``
-    measures at. The description has ``runtime``, ``device`` and, under auto, ``choice`` (the line said)."""
+    measures at. The description has ``runtime``, ``device`` and, under auto, ``choice`` (the line said).
+    ``fast``: a runtime may compute in a lower precision that keeps the scores (OpenVINO's bf16 on CPUs
+    that have it: upscale, plan); off for eval, whose scores are fp32's."""
     p = Path(path)
     name = check_runtime_name(runtime)
     if name == "auto":
-        return _auto(p, device, threads, size, reporter)
+        return _auto(p, device, threads, size, reporter, fast)
     rt = native_runtime(p) if name == "native" else get_runtime(name)
     rt.require()
     if not rt.can_run(p):
         raise UsageError(f"the {rt.name} runtime cannot run {p.name} ({file_kind(p)} file)",
                          hint=f"use --runtime native ({native_runtime(p).name}) or auto")
     dev = device_for(rt, device)
-    return rt.load(p, device=dev, threads=threads), describe(rt, dev)
+    return _load(rt, p, dev, threads, fast), describe(rt, dev)
 
 
-def describe(rt: Runtime, device: str, choice: str | None = None) -> dict:
-    return {"runtime": rt.name, "backend": rt.name, "device": device, **({"choice": choice} if choice else {})}
+def _load(rt: Runtime, p: Path, dev: str, threads: int | None, fast: bool) -> Any:
+    if fast and "precision" in inspect.signature(rt.load).parameters:
+        return rt.load(p, device=dev, threads=threads, precision="fast")
+    return rt.load(p, device=dev, threads=threads)
+
+
+def describe(rt: Runtime, device: str, choice: str | None = None, model: Any = None) -> dict:
+    prec = getattr(model, "inference_precision", None)
+    return {"runtime": rt.name, "backend": rt.name, "device": device, **({"choice": choice} if choice else {}),
+            **({"precision": prec} if prec else {})}
 
 
 def size_bucket(h: int, w: int) -> str:
@@ -151,7 +162,8 @@ def _line(name: str, speeds: dict, hw: tuple[int, int], how: str) -> str:
     return f"runtime: {name} ({figures} at {hw[1]}x{hw[0]}; {how})"
 
 
-def _auto(p: Path, device: str | None, threads: int | None, size, rep: Reporter) -> tuple[Any, dict]:
+def _auto(p: Path, device: str | None, threads: int | None, size, rep: Reporter,
+          fast: bool = False) -> tuple[Any, dict]:
     cands = _candidates(p, device)
     if not cands:
         rt = native_runtime(p)
@@ -159,33 +171,47 @@ def _auto(p: Path, device: str | None, threads: int | None, size, rep: Reporter)
         device_for(rt, device)  # it cannot use the device: say so
         raise UsageError(f"no installed runtime can run {p.name} on --device {device}")
     hw = tuple(min(MAX_PROBE_SIDE, max(1, int(v))) for v in (size or DEFAULT_PROBE))
-    key = _cache_key(p, cands, size_bucket(*hw))
+    key = _cache_key(p, cands, size_bucket(*hw)) + ("|fast" if fast else "")
     hit = _read_cache().get(key)
     by_name = {rt.name: (rt, d) for rt, d in cands}
-    if isinstance(hit, dict) and hit.get("runtime") in by_name and isinstance(hit.get("mp_per_s"), dict):
+    if not (isinstance(hit, dict) and hit.get("runtime") in by_name and isinstance(hit.get("mp_per_s"), dict)):
+        hit = None
+    else:
         rt, dev = by_name[hit["runtime"]]
-        line = _line(rt.name, hit["mp_per_s"], tuple(hit.get("size") or hw), "cached")
+        label = hit.get("label") if hit.get("label") in hit["mp_per_s"] else rt.name
+        if label not in hit["mp_per_s"]:
+            hit = None  # a cache entry of another shape: measure again
+    if hit is not None:
+        line = _line(label, hit["mp_per_s"], tuple(hit.get("size") or hw), "cached")
         rep.info(line)
-        return rt.load(p, device=dev, threads=threads), describe(rt, dev, line)
+        model = _load(rt, p, dev, threads, fast)
+        return model, describe(rt, dev, line, model)
     best, speeds, errors = None, {}, []
     for rt, dev in cands:
         try:
-            model = rt.load(p, device=dev, threads=threads)
-            speeds[rt.name] = _measure(model, hw)
+            model = _load(rt, p, dev, threads, fast)
+            speeds[_label(rt, model)] = _measure(model, hw)
         except (SrDistillError, RuntimeError, ValueError, MemoryError) as e:
             errors.append(f"{rt.name}: {(str(e).splitlines() or [type(e).__name__])[0][:120]}")
             continue
-        if best is None or speeds[rt.name] > speeds[best[0].name]:
+        if best is None or speeds[_label(rt, model)] > speeds[_label(best[0], best[2])]:
             best = (rt, dev, model)
         del model
     if best is None:
         raise SrDistillError(f"no runtime could run {p.name}: {'; '.join(errors)}")
     rt, dev, model = best
-    line = _line(rt.name, speeds, hw, "measured")
-    _write_cache(key, {"runtime": rt.name, "mp_per_s": {k: round(v, 3) for k, v in speeds.items()},
+    line = _line(_label(rt, model), speeds, hw, "measured")
+    _write_cache(key, {"runtime": rt.name, "label": _label(rt, model),
+                       "mp_per_s": {k: round(v, 3) for k, v in speeds.items()},
                        "size": list(hw), "path": str(p), "when": time.strftime("%Y-%m-%dT%H:%M:%S")})
     rep.info(line)
-    return model, describe(rt, dev, line)
+    return model, describe(rt, dev, line, model)
+
+
+def _label(rt: Runtime, model: Any) -> str:
+    """``openvino`` or ``openvino bf16``: the name the one-line choice says."""
+    prec = getattr(model, "inference_precision", "fp32")
+    return rt.name if prec == "fp32" else f"{rt.name} {prec}"
 
 
 def _measure(model: Any, hw: tuple[int, int]) -> float:

@@ -16,7 +16,8 @@ class ReparamSpec:
     default (see :mod:`srdistill.models.reparam`)."""
 
     convs: str
-    branches: tuple[str, ...] = ("1x1", "expand")
+    # ECBSR's set, the best of the designs bench/reparam.py compared (2 seeds each)
+    branches: tuple[str, ...] = ("1x1", "expand", "sobel", "laplacian")
 
 
 @dataclass(frozen=True, kw_only=True)

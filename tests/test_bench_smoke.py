@@ -111,3 +111,14 @@ def test_data_scale_benchmark_runs_at_toy_size(tmp_path):
 
     doc = data_scale.run(quick=True)
     assert doc["pack_images"] == 6 and doc["train_steps"] == 3 and doc["build_peak_rss_gb"] > 0
+
+
+def test_reparam_study_runs_at_toy_size(tmp_path):
+    from bench import reparam
+
+    doc = reparam.run(quick=True, items=["reparam-ecb:scratch"])
+    (row,) = doc["runs"]
+    assert row["method"] == "reparam-ecb" and row["branches"] == "1x1,expand,sobel,laplacian"
+    assert row["params"] == 89040 and row["steps"] == 4  # the saved student is the plain Compact 32/8
+    assert doc["summary"][0]["seeds"] == [0]
+    assert (tmp_path / "reparam_quick.json").exists()

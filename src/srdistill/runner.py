@@ -13,6 +13,7 @@ transforms its self-ensemble and the training patches share.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,35 @@ def size_requirements(model: Any) -> SizeRequirements:
     static = tuple(getattr(model, "static_size", None) or ()) or None
     return SizeRequirements(int(getattr(model, "min_size", 0) or 0), int(getattr(model, "multiple_of", 1) or 1),
                             bool(getattr(model, "square", False)), static)
+
+
+def time_frames(model: Any, hw: tuple[int, int], *, runs: int, seconds: float | None = None
+                ) -> tuple[list[float], tuple[int, int]]:
+    """Seconds of each of ``runs`` forward passes of one random (1, C, h, w) frame, after a warm-up
+    (fewer once ``seconds`` have passed), and the (h, w) timed: ``hw`` raised to the model's size
+    needs. The one timing loop of ``--runtime auto`` and ``plan``."""
+    req = size_requirements(model)
+    h, w = req.static or tuple(max(v, req.minimum) for v in hw)
+    m = max(1, req.multiple_of)
+    h, w = -(-h // m) * m, -(-w // m) * m
+    if req.square:
+        h = w = max(h, w)
+    cin = int(getattr(model, "input_channels", 3) or 3)
+    x = torch.rand((1, cin, h, w), generator=torch.Generator().manual_seed(0))
+    dev = getattr(model, "device", None)
+    if isinstance(dev, torch.device) or (isinstance(dev, str) and dev.startswith("cuda")):
+        x = x.to(dev)
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    times: list[float] = []
+    with torch.no_grad():
+        model(x)  # warm-up
+        sync()
+        while len(times) < max(1, runs) and (seconds is None or not times or sum(times) < seconds):
+            t0 = time.perf_counter()
+            model(x)
+            sync()
+            times.append(time.perf_counter() - t0)
+    return times, (h, w)
 
 
 class Runner:

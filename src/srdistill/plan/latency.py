@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
-import torch
 
 from ..errors import SrDistillError
 from ..export import ExportOptions, export_model
 from ..models.checkpoint import save_student
 from ..models.loading import SRModel
-from ..runner import size_requirements
+from ..runner import time_frames
 from ..runtimes.select import open_model
 
 #: runtime name -> export format whose file it runs (torch and auto run the checkpoint)
@@ -39,28 +36,8 @@ def model_file(model: SRModel, runtime: str, folder: Path) -> Path:
 
 
 def time_runnable(runnable, lr_size: tuple[int, int], repeats: int) -> float:
-    """Median milliseconds of one (1, C, h, w) frame, after one warm-up run."""
-    req = size_requirements(runnable)
-    w, h = lr_size
-    if req.static:
-        h, w = req.static
-    m = max(1, req.multiple_of)
-    h, w = max(-(-h // m) * m, req.minimum), max(-(-w // m) * m, req.minimum)
-    cin = int(getattr(runnable, "input_channels", 3) or 3)
-    x = torch.from_numpy(np.random.default_rng(0).random((1, cin, h, w), dtype=np.float32))
-    dev = getattr(runnable, "device", None)
-    if isinstance(dev, torch.device) or (isinstance(dev, str) and dev.startswith("cuda")):
-        x = x.to(dev)
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    times = []
-    with torch.no_grad():
-        runnable(x)
-        sync()
-        for _ in range(max(1, repeats)):
-            t0 = time.perf_counter()
-            runnable(x)
-            sync()
-            times.append(time.perf_counter() - t0)
+    """Median milliseconds of one (1, C, h, w) frame, after one warm-up run (``lr_size``: width, height)."""
+    times, _ = time_frames(runnable, (lr_size[1], lr_size[0]), runs=repeats)
     return statistics.median(times) * 1000
 
 

@@ -24,7 +24,6 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from ..errors import SrDistillError, UsageError, nonempty, shown
 from ..fileio import atomic_write_text, sha256_file
@@ -216,31 +215,9 @@ def _label(rt: Runtime, model: Any) -> str:
 
 def _measure(model: Any, hw: tuple[int, int]) -> float:
     """Output megapixels per second of ``model`` on one (1, C, h, w) input (raised to its size needs)."""
-    import torch  # lazy: the registry (and `info`) stay torch-free; measuring runs tensors
+    from ..runner import time_frames  # lazy: runner imports torch; the registry (and `info`) stay torch-free
 
-    from ..runner import size_requirements  # lazy: runner imports torch (see above)
-
-    req = size_requirements(model)
-    h, w = req.static or tuple(max(v, req.minimum) for v in hw)
-    m = max(1, req.multiple_of)
-    h, w = -(-h // m) * m, -(-w // m) * m
-    if req.square:
-        h = w = max(h, w)
-    cin = int(getattr(model, "input_channels", 3) or 3)
-    x = torch.from_numpy(np.random.default_rng(0).random((1, cin, h, w), dtype=np.float32))
-    dev = getattr(model, "device", None)
-    if isinstance(dev, torch.device) or (isinstance(dev, str) and dev.startswith("cuda")):
-        x = x.to(dev)
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    with torch.no_grad():
-        model(x)  # warm-up
-        sync()
-        times: list[float] = []
-        while len(times) < PROBE_RUNS and (not times or sum(times) < PROBE_SECONDS):
-            t0 = time.perf_counter()
-            model(x)
-            sync()
-            times.append(time.perf_counter() - t0)
+    times, (h, w) = time_frames(model, hw, runs=PROBE_RUNS, seconds=PROBE_SECONDS)
     scale = int(model.scale)
     return (h * scale) * (w * scale) / 1e6 / max(statistics.median(times), 1e-9)
 

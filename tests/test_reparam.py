@@ -161,3 +161,22 @@ def test_one_kernel_forward_equals_the_branches_side_by_side_with_the_same_gradi
     gb = torch.autograd.grad(rep.branchwise(x).square().sum(), list(rep.parameters()))
     for u, v in zip(ga, gb):
         assert torch.allclose(u, v, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("branches", [("1x1", "expand"), ("1x1", "expand", "sobel", "laplacian"),
+                                      ("expand", "identity")])
+def test_a_training_state_dict_folds_as_the_module_does(branches):
+    from srdistill.models.reparam import fold_state_dict
+
+    plain = _compact(5)
+    rep = copy.deepcopy(plain)
+    reparameterize(rep, FAMILIES["Compact"].reparam, branches)
+    with torch.no_grad():
+        for name, p in rep.named_parameters():
+            if ".conv." not in name:
+                p.normal_(0, 0.1)
+    sd = fold_state_dict(rep.state_dict(), identity="identity" in branches)
+    fold(rep)
+    assert list(sd) == list(plain.state_dict()) or set(sd) == set(plain.state_dict())
+    assert all(torch.allclose(sd[k], v, atol=1e-6) for k, v in rep.state_dict().items())
+    assert fold_state_dict(plain.state_dict()) is not None  # a plain one passes through

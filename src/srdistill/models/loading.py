@@ -30,6 +30,7 @@ from ..fileio import MAX_MODEL_BYTES, check_input_file, open_input_file, sha256_
 from ..errors import BadPathError, ModelLoadError, UnsafeModelError, UnsupportedModelError, UsageError
 from ..metadata import decode_srdistill_metadata
 from ._compat import import_spandrel
+from .reparam import fold_state_dict
 
 CHECKPOINT_EXTENSIONS = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
@@ -297,6 +298,21 @@ def _is_training_checkpoint(obj: dict) -> bool:
             and isinstance(obj["ema"].get("module"), dict))
 
 
+def _folded_student(ck: dict) -> dict:
+    """The EMA student of a training checkpoint as the family's plain state dict (a re-parameterised
+    run's branches folded, as its student.safetensors has them)."""
+    sd = ck["ema"]["module"]
+    try:
+        config = json.loads(ck["config"]) if isinstance(ck.get("config"), str) else {}
+    except ValueError:
+        config = {}
+    branches = str(config.get("reparam_branches") or "") if isinstance(config, dict) else ""
+    try:
+        return fold_state_dict(sd, identity="identity" in branches)
+    except (RuntimeError, KeyError, ValueError, IndexError, TypeError):
+        return sd  # not foldable: described (or refused) as the tensors are
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a checkpoint's tensors and metadata without running any code in it."""
     p = Path(path)
@@ -318,7 +334,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
                         if type(step) is int and 0 <= step <= 10**12 else {})
             if isinstance(obj.get("config"), str):
                 metadata["srdistill.config"] = obj["config"]
-            obj = obj["ema"]["module"]
+            obj = _folded_student(obj)
         odd = [k for k in obj if not isinstance(k, str)] if isinstance(obj, dict) else []
         if odd:
             raise ModelLoadError(f"{p.name} is not a model state dict: key {odd[0]!r} "

@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError, shown
-from .families import ReparamSpec
 
 BRANCHES = ("1x1", "expand", "sobel", "laplacian", "identity")
 EXPAND = 2  # expand-squeeze width, in multiples of the input channels
@@ -167,8 +166,9 @@ def _set(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, leaf, new)
 
 
-def reparameterize(module: nn.Module, spec: ReparamSpec, branches: tuple[str, ...]) -> int:
-    """Replace (in place) every conv of ``module`` that ``spec`` names with a :class:`RepConv`."""
+def reparameterize(module: nn.Module, spec, branches: tuple[str, ...]) -> int:
+    """Replace (in place) every conv of ``module`` that ``spec`` (a family's ``ReparamSpec``) names with a
+    :class:`RepConv`."""
     pattern = re.compile(spec.convs)
     names = [n for n, m in module.named_modules() if pattern.fullmatch(n) and _is_plain_3x3(m)]
     for name in names:
@@ -216,3 +216,34 @@ def fold_checked(module: nn.Module, probe: torch.Tensor) -> FoldCheck:
         raise RuntimeError(f"folding the re-parameterised student changed its output by {diff:.3g} "
                            f"(more than {FOLD_TOLERANCE:g}); this is a bug, please report it")
     return FoldCheck(n, diff)
+
+
+_BRANCH_KEYS = (("1x1", "c1x1."), ("expand", "squeeze."), ("sobel", "edges.sobel."), ("laplacian", "edges.laplacian."))
+
+
+@torch.no_grad()
+def fold_state_dict(sd: dict[str, torch.Tensor], identity: bool = False) -> dict[str, torch.Tensor]:
+    """A training state dict with :class:`RepConv` entries (a ``.ckpt``'s EMA student) as the family's
+    plain one. The branches are read from the keys; ``identity`` (which has no tensor) from the run's
+    options. Anything else is returned unchanged."""
+    prefixes = []
+    for k in sd:
+        if k.endswith(".conv.weight"):
+            pre = k[: -len(".conv.weight")]
+            if any(x.startswith(f"{pre}.{key}") for x in sd for _, key in _BRANCH_KEYS):
+                prefixes.append(pre)
+    if not prefixes:
+        return sd
+    out = dict(sd)
+    for pre in prefixes:
+        sub = {k[len(pre) + 1:]: v for k, v in sd.items() if k.startswith(pre + ".")}
+        w = sub["conv.weight"]
+        branches = tuple(b for b, key in _BRANCH_KEYS if any(k.startswith(key) for k in sub))
+        conv = nn.Conv2d(w.shape[1], w.shape[0], 3, padding=1, bias="conv.bias" in sub)
+        rep = RepConv(conv, branches + (("identity",) if identity else ()))
+        rep.load_state_dict({k: v.float() for k, v in sub.items()})
+        plain = rep.folded()
+        for k in sub:
+            del out[f"{pre}.{k}"]
+        out[f"{pre}.weight"], out[f"{pre}.bias"] = plain.weight.to(w.dtype), plain.bias.to(w.dtype)
+    return out

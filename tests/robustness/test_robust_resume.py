@@ -98,7 +98,7 @@ REFUSED_OPTIONS = [
     ("light", ["--no-teacher-cache"], "--no-teacher-cache"),  # the example: other weights, exit 0
     ("light", ["--degradation-variants", "3"], "--degradation-variants 3"),
     ("light", ["--degradation", "realesrgan"], "--degradation 'realesrgan'"),
-    ("light", ["--no-reparam"], "--reparam"),
+    ("light", ["--no-reparam"], "--no-reparam"),
     ("light", ["--seed", "2"], "--seed 2"),
     ("light", ["--max-images", "2"], "--max-images 2"),
     ("light", ["--val", "{val}"], "--val"),

@@ -316,16 +316,19 @@ def _flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
+_PAIRED_FLAGS = ("teacher_cache", "reparam")  # --X/--no-X options
+
+
 def _given_flag(field: str, value) -> str:
-    if field == "teacher_cache":
-        return "--teacher-cache" if value else "--no-teacher-cache"
+    if field in _PAIRED_FLAGS and isinstance(value, bool):
+        return _flag(field) if value else "--no-" + _flag(field)[2:]
     return _flag(field)
 
 
 def _as_given(field: str, value) -> str:
     """An option's value as the command line says it (``--no-teacher-cache``, ``no --reparam``)."""
     if isinstance(value, bool):
-        return _given_flag(field, value) if value or field == "teacher_cache" else f"no {_flag(field)}"
+        return _given_flag(field, value) if value or field in _PAIRED_FLAGS else f"no {_flag(field)}"
     if value is None:
         return f"no {_flag(field)}"
     return f"{_flag(field)} {shown(value)}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env sh
-# srdistill quickstart: the whole job on built-in material, CPU-friendly (1 min 34 s on a quiet 2-core machine).
+# srdistill quickstart: the whole job on built-in material, CPU-friendly (2 min 7 s on a quiet 2-core machine).
 #   1. distill the bundled DCTLSA x4 teacher into a small Compact student on the built-in photos
 #   2. eval teacher vs student vs bicubic on the built-in validation photos, with a comparison picture
 #   3. export the student to a verified ONNX file

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+RESULTS = Path(os.environ.get("SRDISTILL_BENCH_RESULTS") or ROOT / "bench" / "results")
 SHARED = Path(os.environ.get("SRDISTILL_SHARED", ROOT.parent / "shared"))
 
 

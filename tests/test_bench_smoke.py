@@ -37,12 +37,10 @@ def test_benchmark_runs_at_toy_size(name, tmp_path, monkeypatch):
     assert written["machine"]["cores"] >= 1
 
 
-def test_inference_benchmark_runs_side_by_side_at_toy_size(tmp_path, monkeypatch):
-    import bench.common as common
-    from bench import inference, report
+def test_inference_benchmark_runs_side_by_side_at_toy_size(tmp_path, shared_dir):
+    from bench import report
 
-    monkeypatch.setattr(inference, "SHARED", common.SHARED)
-    doc = inference.run(quick=True)
+    doc = _in_subprocess("inference", tmp_path, shared_dir)
     assert doc["results"] and doc["peak_gflops_estimate"]["formula"].startswith("cores x GHz")
     timed = [r for r in doc["runs"] if "output_mp_per_s_median" in r]
     assert {("torch", "fp32"), ("onnxruntime", "fp32")} <= {(r["runtime"], r["precision"]) for r in timed}
@@ -74,10 +72,23 @@ def test_kd_methods_study_runs_at_toy_size(tmp_path):
     assert (tmp_path / "kd_methods_quick.json").exists()
 
 
-def test_startup_benchmark_runs_at_toy_size(tmp_path):
-    from bench import startup
+def _in_subprocess(module: str, results: Path, shared: Path) -> dict:
+    """Run ``python -m bench.MODULE --quick`` in its own process: benchmarks that load native runtimes
+    (OpenVINO, ncnn) or fork many children keep their threads and atfork handlers out of pytest's
+    process (the full suite once died with SIGSEGV in the startup benchmark's first fork after the
+    inference benchmark ran in-process)."""
+    import os
+    import subprocess
 
-    doc = startup.run(quick=True)
+    env = {**os.environ, "SRDISTILL_BENCH_RESULTS": str(results), "SRDISTILL_SHARED": str(shared)}
+    r = subprocess.run([sys.executable, "-X", "faulthandler", "-m", f"bench.{module}", "--quick"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads((results / f"{module}_quick.json").read_text())
+
+
+def test_startup_benchmark_runs_at_toy_size(tmp_path, shared_dir):
+    doc = _in_subprocess("startup", tmp_path, shared_dir)
     assert doc["results"]["srdistill info default_x4.onnx"]["torch"] is False
     assert all(r["median_s"] > 0 for r in doc["results"].values())
 

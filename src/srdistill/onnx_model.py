@@ -5,15 +5,16 @@ from __future__ import annotations
 import copy
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import BadPathError, ModelLoadError, UnsupportedModelError
+from .file_model import FileModel
 from .fileio import MAX_MODEL_BYTES, check_input_file, sha256_file
-from .metadata import decode_srdistill_metadata, metadata_int
+from .metadata import metadata_int
 
 # Lazy imports here: torch is imported where a tensor is made -- describing or running an .onnx file
 # through onnxruntime needs no torch, and importing it costs seconds of start-up (`srdistill info x.onnx`);
@@ -55,37 +56,14 @@ def _dims(value_info) -> list:
     return out
 
 
-@dataclass
-class OnnxModel:
+@dataclass(kw_only=True)
+class OnnxModel(FileModel):
     """An ONNX SR model run by onnxruntime; call it with an NCHW float tensor in [0, 1]."""
 
-    path: Path
-    session: Any
-    scale: int
-    architecture: str
-    metadata: dict = field(default_factory=dict)
-    sha256: str | None = None
     input_name: str = "input"
     output_name: str = "output"
     fp16: bool = False
-    params: int | None = None
-    min_size: int = 0
-    multiple_of: int = 1
-    static_size: tuple[int, int] | None = None
-    input_channels: int = 3
     supports_half: bool = False
-    tiling: str = "supported"
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def hyperparameters(self) -> dict:
-        try:
-                return decode_srdistill_metadata(self.metadata).get("hyperparameters", {})
-        except ValueError:
-            return {}
 
     def __call__(self, x):
         import torch  # lazy (see the note at the top)

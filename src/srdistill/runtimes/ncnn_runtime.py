@@ -8,15 +8,16 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..file_model import FileModel
 from ..errors import BadPathError, ModelLoadError, UnsupportedModelError
 from ..fileio import sha256_file
-from ..metadata import decode_srdistill_metadata, metadata_int
+from ..metadata import metadata_int
 from .registry import Runtime, file_kind, register_runtime
 from .convert import checkpoint_fields, quiet_fds
 
@@ -31,36 +32,13 @@ def sidecar(param: Path) -> Path:
     return param.with_name(param.stem + SIDECAR_SUFFIX)
 
 
-@dataclass
-class NcnnModel:
+@dataclass(kw_only=True)
+class NcnnModel(FileModel):
     """An ncnn Net; call it with an NCHW float tensor in [0, 1] (a batch runs image by image)."""
 
-    path: Path
-    session: Any  # the ncnn.Net
-    scale: int
-    architecture: str
-    metadata: dict = field(default_factory=dict)
-    sha256: str | None = None
-    params: int | None = None
-    min_size: int = 0
-    multiple_of: int = 1
-    static_size: tuple[int, int] | None = None
-    input_channels: int = 3
     input_name: str = "in0"
     output_name: str = "out0"
-    tiling: str = "supported"
     keep: Any = None  # the temporary folder of a converted checkpoint, removed with the model
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def hyperparameters(self) -> dict:
-        try:
-            return decode_srdistill_metadata(self.metadata).get("hyperparameters", {})
-        except ValueError:
-            return {}
 
     def run(self, arr: np.ndarray) -> np.ndarray:
         """(N, C, H, W) float32 -> (N, C', H*s, W*s) float32."""

@@ -7,15 +7,16 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..file_model import FileModel
 from ..errors import BadPathError, ModelLoadError, UnsupportedModelError
 from ..fileio import sha256_file
-from ..metadata import decode_srdistill_metadata, metadata_int
+from ..metadata import metadata_int
 from ..onnx_model import load_onnx
 from .registry import Runtime, file_kind, register_runtime
 from .convert import checkpoint_as_onnx, checkpoint_fields
@@ -27,35 +28,12 @@ from .convert import checkpoint_as_onnx, checkpoint_fields
 RT_INFO_KEY = ["srdistill", "metadata"]
 
 
-@dataclass
-class OpenVinoModel:
+@dataclass(kw_only=True)
+class OpenVinoModel(FileModel):
     """A model compiled by OpenVINO; call it with an NCHW float tensor in [0, 1]."""
 
-    path: Path
-    session: Any  # the CompiledModel
-    scale: int
-    architecture: str
-    metadata: dict = field(default_factory=dict)
-    sha256: str | None = None
-    params: int | None = None
-    min_size: int = 0
-    multiple_of: int = 1
-    static_size: tuple[int, int] | None = None
-    input_channels: int = 3
-    tiling: str = "supported"
     device: str = "cpu"
     inference_precision: str = "fp32"  # what OpenVINO computes in (bf16 under precision="fast" on such CPUs)
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def hyperparameters(self) -> dict:
-        try:
-            return decode_srdistill_metadata(self.metadata).get("hyperparameters", {})
-        except ValueError:
-            return {}
 
     def __call__(self, x):
         import torch  # lazy (see the note at the top)

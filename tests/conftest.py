@@ -28,3 +28,34 @@ def _runtime_cache(tmp_path_factory):
         os.environ.pop("XDG_CACHE_HOME", None)
     else:
         os.environ["XDG_CACHE_HOME"] = old
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module: repeatable CPU numbers, no oversubscription of 2 CI cores."""
+    import torch  # lazy: conftest is collected before any test needs torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def c2(tmp_path_factory) -> Path:
+    """A small Compact x2 (8 features, 2 convs, weights halved) saved as .pth."""
+    import torch  # lazy: conftest is collected before any test needs torch
+
+    from srdistill.models._compat import import_spandrel  # lazy: spandrel only for tests using c2
+
+    import_spandrel()
+    from spandrel.architectures.Compact import Compact  # lazy: after import_spandrel's shim
+
+    torch.manual_seed(0)
+    m = Compact(num_feat=8, num_conv=2, upscale=2)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(0.5)
+    p = tmp_path_factory.mktemp("models") / "compact_x2.pth"
+    torch.save(m.state_dict(), p)
+    return p

@@ -16,13 +16,10 @@ from typer.testing import CliRunner
 from srdistill.cli import app
 from srdistill.export import ExportOptions, export_model
 from srdistill.export.options import cpu_has_vnni, int8_weight_range
-from srdistill.models._compat import import_spandrel
 from srdistill.progress import Reporter
 from srdistill.runtimes import RuntimeMissingError, get_runtime
 from srdistill.runtimes import select
 
-import_spandrel()
-from spandrel.architectures.Compact import Compact  # noqa: E402
 
 
 class Lines(Reporter):
@@ -42,16 +39,6 @@ def cache_home(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache"
 
 
-@pytest.fixture(scope="module")
-def c2(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    m = Compact(num_feat=8, num_conv=2, upscale=2)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.mul_(0.5)
-    p = tmp_path_factory.mktemp("models") / "compact_x2.pth"
-    torch.save(m.state_dict(), p)
-    return p
 
 
 def _reference(path: Path, x: torch.Tensor) -> np.ndarray:

@@ -18,34 +18,11 @@ from typer.testing import CliRunner
 from srdistill import upscale as up
 from srdistill.cli import app
 from srdistill.data.images import read_image
-from srdistill.models._compat import import_spandrel
 from srdistill.progress import RecordingReporter
 from srdistill.upscale_pipeline import run_pipeline
 
-import_spandrel()
-from spandrel.architectures.Compact import Compact  # noqa: E402
 
-pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning")]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def c2(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    m = Compact(num_feat=8, num_conv=2, upscale=2)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.mul_(0.5)
-    p = tmp_path_factory.mktemp("models") / "compact_x2.pth"
-    torch.save(m.state_dict(), p)
-    return p
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.usefixtures("one_torch_thread")]
 
 
 def _folder(root: Path, n: int = 6) -> Path:

@@ -111,12 +111,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
+def _one_thread(one_torch_thread):
     """Repeatable CPU numbers, and no oversubscription of the 2 CI cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

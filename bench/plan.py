@@ -47,8 +47,10 @@ def stage_plan(work: Path, a) -> dict:
     from srdistill.plan import plan, plan_options  # lazy: the bench's CLI parses before torch loads
     from srdistill.plan.proxy import ProxySettings  # lazy: as above
 
-    proxy = ProxySettings(steps=a.proxy_steps, data=[str(need_shared("data", "train"))],
-                          max_images=6 if a.quick else None)
+    # the proxy as a user's plan runs it (the built-in photos) unless --proxy-data names a folder
+    data = [str(need_shared("data", "train"))] if a.quick or a.proxy_data == "shared" else \
+        [a.proxy_data] if a.proxy_data else []
+    proxy = ProxySettings(steps=a.proxy_steps, data=data, max_images=6 if a.quick else None)
     opts = plan_options(need_shared("weights", TEACHER), budget=a.budget, size=a.size, device="cpu",
                         runtime=a.runtime, families=a.families.split(",") if a.families else None,
                         threads=a.threads, repeats=2 if a.quick else 5, max_proxy=a.max_proxy, proxy=proxy)
@@ -106,7 +108,7 @@ def _full_run(work: Path, fam: str, width: int, depth, same: bool, seed: int, a)
     cfg = DistillConfig(teacher=str(need_shared("weights", TEACHER)), student_arch=None if same else fam.lower(),
                         student_width=width, student_depth=depth, data=[str(need_shared("data", "train"))], val=[],
                         steps=a.full_steps, batch_size=16, patch_size=32, lr=1e-3, out=str(out), seed=seed,
-                        checkpoint_every=500, overwrite=True, threads=a.threads, pack=str(work / "pack"),
+                        checkpoint_every=500, overwrite=True, threads=a.threads, pack=a.pack or str(work / "pack"),
                         max_images=6 if a.quick else None, device="cpu")
     t0 = time.monotonic()
     distill(cfg)
@@ -198,14 +200,17 @@ def run(quick: bool = False, **kw) -> dict:
                            max_proxy=kw.get("max_proxy") or (2 if quick else 6),
                            proxy_steps=kw.get("proxy_steps") or (4 if quick else 300),
                            full_steps=kw.get("full_steps") or (4 if quick else FULL_STEPS),
-                           threads=kw.get("threads"))
+                           threads=kw.get("threads"), pack=kw.get("pack"), proxy_data=kw.get("proxy_data"),
+                           stages=kw.get("stages") or "plan,upscale,full")
     if quick and not a.families:
         a.families = "compact"
     work = Path(kw.get("work") or common.RESULTS / ("plan_quick_runs" if quick else "plan_runs"))
     work.mkdir(parents=True, exist_ok=True)
     doc = stage_plan(work, a)
-    stage_upscale(work, doc, a)
-    stage_full(work, doc, a)
+    if "upscale" in a.stages:  # timed: run it on a quiet machine
+        stage_upscale(work, doc, a)
+    if "full" in a.stages:  # untimed: may run beside other work
+        stage_full(work, doc, a)
     return merge(work, quick)
 
 
@@ -221,6 +226,10 @@ if __name__ == "__main__":
     ap.add_argument("--full-steps", type=int)
     ap.add_argument("--threads", type=int)
     ap.add_argument("--work", help="folder for per-run rows (resumable)")
+    ap.add_argument("--pack", help="training pack of the 2,000-step runs (reuse one labelled by the same teacher)")
+    ap.add_argument("--proxy-data", help="HR folder for the proxy ('shared': the shared training images; "
+                    "default: the built-in photos, as a user's plan)")
+    ap.add_argument("--stages", help="comma separated subset of plan,upscale,full (default: all)")
     ap.add_argument("--merge", action="store_true", help="only gather the rows into the results file")
     x = ap.parse_args()
     if x.merge:

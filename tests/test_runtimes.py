@@ -46,6 +46,7 @@ def _reference(path: Path, x: torch.Tensor) -> np.ndarray:
     return model(x).numpy()
 
 
+@pytest.mark.native
 @pytest.mark.parametrize("runtime", ["torch", "onnxruntime", "openvino", "ncnn"])
 def test_each_runtime_reproduces_torch_on_a_checkpoint(c2, runtime):
     rt = get_runtime(runtime)
@@ -59,6 +60,7 @@ def test_each_runtime_reproduces_torch_on_a_checkpoint(c2, runtime):
     assert np.abs(y.numpy() - _reference(c2, x)).max() <= 1e-4
 
 
+@pytest.mark.native
 def test_auto_measures_caches_and_says_why(c2, cache_home):
     rep = Lines()
     model, desc = select.open_model(c2, runtime="auto", device="cpu", size=(24, 40), reporter=rep)
@@ -122,6 +124,7 @@ def test_int8_export_records_its_weight_range(c2, tmp_path, weights):
     assert meta["quantization"]["weights"] == weights
 
 
+@pytest.mark.native
 def test_openvino_export_verifies_runs_and_is_described(c2, tmp_path):
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
     out = tmp_path / "m.xml"
@@ -140,6 +143,7 @@ def test_openvino_export_verifies_runs_and_is_described(c2, tmp_path):
     assert r.exit_code == 0, r.stderr and json.loads(r.stdout)["model"]["runtime"] == "openvino"
 
 
+@pytest.mark.native
 def test_openvino_int8_through_nncf(c2, tmp_path):
     pytest.importorskip("nncf", reason="NNCF (the openvino extra) is not installed")
     res = export_model("openvino", c2, tmp_path / "q.xml", ExportOptions(int8=True, force=True))
@@ -148,6 +152,7 @@ def test_openvino_int8_through_nncf(c2, tmp_path):
     assert q.weights == int8_weight_range()[0] and (tmp_path / "q.bin").is_file()
 
 
+@pytest.mark.native
 def test_ncnn_export_verifies_runs_and_is_described(c2, tmp_path):
     pytest.importorskip("pnnx", reason="the ncnn extra is not installed")
     pytest.importorskip("ncnn", reason="the ncnn extra is not installed")
@@ -164,6 +169,31 @@ def test_ncnn_export_verifies_runs_and_is_described(c2, tmp_path):
     assert desc["runtime"] == "ncnn" and np.abs(model(x).numpy() - _reference(c2, x)).max() <= 2e-2
     r = CliRunner().invoke(app, ["export", str(c2), "--format", "ncnn", "-o", str(tmp_path / "x.param"), "--int8"])
     assert r.exit_code == 2 and "not implemented for ncnn" in r.stderr
+
+
+@pytest.mark.native
+def test_pnnx_runs_as_its_own_process_and_its_failure_is_one_line(c2, tmp_path, monkeypatch):
+    """pnnx's converter is called directly: its exit status is checked, and the Python model pnnx
+    generates is never imported into this process."""
+    import sys
+
+    pnnx = pytest.importorskip("pnnx", reason="the ncnn extra is not installed")
+    from srdistill.errors import ModelLoadError
+    from srdistill.models.loading import load_model
+    from srdistill.runtimes.ncnn_runtime import pnnx_convert
+
+    module = load_model(c2).module.eval()
+    x = [torch.rand(1, 3, 16, 16), torch.rand(1, 3, 24, 16)]
+    with torch.no_grad():
+        param = pnnx_convert(module, tmp_path, x, fp16=False)
+    assert param.is_file() and param.with_suffix(".bin").is_file()
+    assert not [m for m in sys.modules if m.endswith("_pnnx") or m.endswith("_ncnn")]
+    monkeypatch.setattr(pnnx, "EXEC_PATH", "/bin/false")
+    (tmp_path / "model.ncnn.param").unlink()
+    with pytest.raises(ModelLoadError, match=r"pnnx could not convert .*exit 1") as ei:
+        with torch.no_grad():
+            pnnx_convert(module, tmp_path, x, fp16=False)
+    assert "\n" not in str(ei.value)
 
 
 @pytest.mark.parametrize("value", ["", "  ", "onnx\nruntime"])

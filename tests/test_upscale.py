@@ -178,6 +178,7 @@ def make_source(kind: str, path: Path) -> Path:
     ("RGBA", "RGBA", 8), ("L", "L", 8), ("LA", "LA", 8), ("P", "RGB", 8), ("PT", "RGBA", 8),
     ("I;16", None, 16), ("RGB16", None, 16), ("RGBA16", None, 16),
 ])
+@pytest.mark.native
 def test_modes_round_trip(cli, c2, tmp_path, kind, pil_mode, depth):
     src = make_source(kind, tmp_path / "src.png")
     alpha = ["--alpha-mode", "model"] if kind == "RGBA16" else []
@@ -199,6 +200,7 @@ def test_modes_round_trip(cli, c2, tmp_path, kind, pil_mode, depth):
         assert np.any(levels % 257 != 0)
 
 
+@pytest.mark.native
 def test_exif_rotation_and_icc_carried_over(cli, c2, tmp_path):
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     exif = PILImage.Exif()
@@ -294,6 +296,7 @@ def test_previous_outputs_are_not_inputs(cli, c2, tmp_path):
     assert not (d / "a_x2_x2.png").exists()
 
 
+@pytest.mark.native
 def test_outscale_3_with_x2_model(cli, c2, tmp_path):
     src = rgb_png(tmp_path / "a.png", w=20, h=15)
     r = run(cli, src, "-m", c2, "--outscale", "3", "--json")
@@ -302,6 +305,7 @@ def test_outscale_3_with_x2_model(cli, c2, tmp_path):
     assert json.loads(r.stdout)["outscale"] == 3.0
 
 
+@pytest.mark.native
 def test_onnx_models(cli, c2, c2_onnx, tmp_path):
     src = rgb_png(tmp_path / "a.png", w=50, h=40)
     r = run(cli, src, "-m", c2_onnx, "-o", tmp_path / "onnx.png", "--json", "--runtime", "native")
@@ -338,6 +342,7 @@ def test_default_model_when_no_m(cli, c2, tmp_path, monkeypatch):
     assert json.loads(r.stdout)["model"]["path"] == str(c2)
 
 
+@pytest.mark.native
 def test_real_default_model_is_bundled():
     from srdistill import assets
 
@@ -372,6 +377,7 @@ def _bomb_png(path: Path, w: int, h: int) -> Path:
     return path
 
 
+@pytest.mark.native
 def test_decompression_bomb_refused(cli, c2, tmp_path):
     bomb = _bomb_png(tmp_path / "bomb.png", 40000, 40000)
     r = run(cli, bomb, "-m", c2, "--json")
@@ -384,6 +390,7 @@ def test_decompression_bomb_refused(cli, c2, tmp_path):
     assert not (tmp_path / "a_x2.png").exists()
 
 
+@pytest.mark.native
 def test_json_document(cli, c2, tmp_path):
     rgb_png(tmp_path / "a.png")
     rgb_png(tmp_path / "b.png", seed=2)

@@ -318,6 +318,7 @@ def test_escape_control_keeps_every_message_on_one_line():
         assert escape_control(raw) == shown
 
 
+@pytest.mark.native
 def test_upscale_lines_and_warnings_escape_file_names(tmp_path, tally, monkeypatch):
     from srdistill import assets
 
@@ -447,6 +448,7 @@ def test_eval_table_escapes_dataset_and_model_names(tmp_path, tally, tiny_model_
         assert "PSNR / SSIM" in r.stdout  # the two-line header keeps its own line break
 
 
+@pytest.mark.native
 def test_an_output_name_made_too_long_fails_that_file_in_words(tmp_path, tally, sample_png, monkeypatch):
     """A 250-byte input name is legal; its output (+ "_x4") is not: that file fails, named, in words."""
     from srdistill import assets

@@ -435,6 +435,7 @@ def _check_batch(res, out: Path, expected: dict, tally, label: str, fail_also=()
     assert not left, left
 
 
+@pytest.mark.native
 def test_batch_keeps_going_past_bad_files(batch, models, tmp_path, tally):
     upscale, src, expected = batch
     out = tmp_path / "out"

@@ -145,6 +145,7 @@ def _with_meta(src, dst, entries):
     return dst
 
 
+@pytest.mark.native
 @pytest.mark.parametrize("depth", [100_000, 900, 40])
 def test_nested_safetensors_metadata(files, tmp_path, tally, depth):
     entries = {k: _nest(depth, "dict" if depth == 900 else "list")

@@ -18,6 +18,7 @@ from ..fileio import check_writable
 from ..progress import NULL, Reporter
 from ..runtimes import get_runtime
 from ..runtimes.openvino_runtime import RT_INFO_KEY, compile_options
+from ..runtimes.openvino_runtime import core as ov_core  # the process's one Core
 from .files import digest, staged
 from .int8_checks import int8_pairs, int8_psnr, int8_speed
 from .onnx import fp32_graph, psnr_guard
@@ -50,7 +51,7 @@ def export_openvino(model: Any, out_path: str | os.PathLike, options: ExportOpti
     check_writable(out.with_suffix(".bin"), overwrite=o.overwrite)  # before any work, as for the .xml
     g = fp32_graph(model, out, o, reporter, "OpenVINO")
     ex, src = g.ex, g.ex.model
-    core = ov.Core()
+    core = ov_core()
     with quiet_export():
         ov_model = ov.convert_model(io.BytesIO(g.data))
     quant = None

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,11 +49,20 @@ class NcnnModel(FileModel):
         outs = []
         for img in np.ascontiguousarray(arr, dtype=np.float32):
             ex = self.session.create_extractor()
-            ex.input(self.input_name, ncnn.Mat(img).clone())
-            ret, out = ex.extract(self.output_name)
-            if ret != 0:
-                raise RuntimeError(f"ncnn failed to run {self.name} (code {ret})")
-            outs.append(np.array(out, dtype=np.float32, copy=True))
+            out = None
+            try:
+                ex.input(self.input_name, ncnn.Mat(img).clone())
+                ret, out = ex.extract(self.output_name)
+                if ret != 0:
+                    raise RuntimeError(f"ncnn failed to run {self.name} (code {ret})")
+                outs.append(np.array(out, dtype=np.float32, copy=True))
+            finally:
+                # the output Mat and the extractor's blobs live in the Net's pool allocator: release them
+                # here, in that order, so that no traceback or reference cycle can keep one alive past the
+                # Net (freed later by the garbage collector, it would free into a destroyed pool)
+                del out
+                ex.clear()
+                del ex
         return np.stack(outs)
 
     def __call__(self, x):
@@ -92,16 +103,43 @@ def open_net(param: Path, *, threads: int | None = None, vulkan: bool = False):
 
 def pnnx_convert(module, folder: Path, inputs: list, *, fp16: bool) -> Path:
     """pnnx: ``module`` traced on ``inputs`` (two shapes make height and width dynamic) -> folder/model.ncnn.param
-    (+ .bin); returns the .param."""
+    (+ .bin); returns the .param.
+
+    The pnnx converter runs as its own process, called directly rather than through ``pnnx.export``:
+    that helper ignores the converter's exit status and then imports and instantiates the Python model
+    pnnx generates (code executed in this process, a module left in ``sys.modules`` and temporary files
+    per conversion), which srdistill never uses."""
     import pnnx  # lazy (see the note at the top)
+    import torch  # lazy (see the note at the top)
 
     pt = folder / "model.pt"
-    with quiet_fds():  # pnnx prints every pass
-        pnnx.export(module, str(pt), (inputs[0],), (inputs[1],) if len(inputs) > 1 else None, fp16=fp16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python values: the graph is checked after
+        torch.jit.trace(module, inputs[0], check_trace=False).save(str(pt))
+    cmd = [pnnx.EXEC_PATH, str(pt), "inputshape=" + _shape_arg(inputs[0]), "device=cpu", "optlevel=2"]
+    if len(inputs) > 1:
+        cmd.append("inputshape2=" + _shape_arg(inputs[1]))
+    if not fp16:
+        cmd.append("fp16=0")
+    try:
+        r = subprocess.run(cmd, cwd=folder, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           errors="replace", timeout=PNNX_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ModelLoadError(f"pnnx did not run: {str(e).splitlines()[0][:200]}") from None
     param = folder / "model.ncnn.param"
-    if not param.is_file():
-        raise ModelLoadError("pnnx wrote no ncnn model")
+    if r.returncode != 0 or not param.is_file():
+        last = (r.stderr.strip().splitlines() or r.stdout.strip().splitlines() or ["no output"])[-1]
+        raise ModelLoadError(f"pnnx could not convert the model to ncnn (exit {r.returncode}: {last[:200]})")
     return param
+
+
+#: a conversion of an SR student takes seconds; this only stops a converter that hangs
+PNNX_TIMEOUT_S = 600
+
+
+def _shape_arg(t) -> str:
+    """pnnx's ``inputshape`` form of a tensor: ``[1,3,64,64]f32``."""
+    return "[" + ",".join(str(int(d)) for d in t.shape) + "]f32"
 
 
 def _from_checkpoint(path, threads):

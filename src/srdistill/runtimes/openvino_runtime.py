@@ -4,6 +4,7 @@ have it), latency mode, on the CPU."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -49,10 +50,18 @@ class OpenVinoModel(FileModel):
         return self
 
 
-def _devices() -> tuple[str, ...]:
+@functools.lru_cache(maxsize=1)
+def core():
+    """The process's one OpenVINO Core. A Core per model unloads the device plugins (and their thread
+    pools) whenever the last one is collected and loads them again for the next model; one Core that
+    lives as long as the process keeps them loaded once."""
     import openvino as ov  # lazy (see the note at the top)
 
-    return tuple(d.split(".")[0].lower() for d in ov.Core().available_devices)
+    return ov.Core()
+
+
+def _devices() -> tuple[str, ...]:
+    return tuple(d.split(".")[0].lower() for d in core().available_devices)
 
 
 PRECISIONS = ("fp32", "fast")
@@ -128,11 +137,8 @@ def _read(path: Path, core) -> tuple[Any, dict, dict]:
 
 def load(path, *, device: str = "cpu", threads: int | None = None, precision: str = "fp32") -> OpenVinoModel:
     """``precision``: ``fp32`` (exact) or ``fast`` (bf16 where the CPU computes it natively)."""
-    import openvino as ov  # lazy (see the note at the top)
-
     p = Path(path)
-    core = ov.Core()
-    m, meta, fields = _read(p, core)
+    m, meta, fields = _read(p, core())
     if len(m.inputs) != 1 or m.inputs[0].get_partial_shape().rank.get_length() != 4:
         raise UnsupportedModelError(f"{p.name} is not an SR model: it needs one NCHW (rank-4) input")
     shape = m.inputs[0].get_partial_shape()
@@ -141,7 +147,7 @@ def load(path, *, device: str = "cpu", threads: int | None = None, precision: st
         static = (shape[2].get_length(), shape[3].get_length())
     channels = shape[1].get_length() if shape[1].is_static else 3
     try:
-        compiled = core.compile_model(m, device.split(":")[0].upper(), compile_options(threads, precision))
+        compiled = core().compile_model(m, device.split(":")[0].upper(), compile_options(threads, precision))
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"OpenVINO cannot compile {p.name}: {(str(e).splitlines() or ['?'])[0][:200]}") from None
     fields.setdefault("sha256", sha256_file(p) if p.is_file() else None)
